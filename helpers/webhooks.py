@@ -1,0 +1,87 @@
+"""Webhook delivery: POST a JSON payload, signed, with a delivery id the receiver can deduplicate on.
+
+Headers sent:
+- `X-Nightshift-Delivery`: the delivery id, the same on every retry of one delivery (the job id), so a
+  receiver that saw it already can answer 2xx and do nothing.
+- `X-Nightshift-Timestamp`: Unix seconds of this attempt.
+- `X-Nightshift-Signature`: `sha256=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`; signing the timestamp
+  lets receivers refuse replays of old requests (see `verify_signature`).
+
+2xx is success; timeouts, connection errors, 429 and 5xx raise TemporaryError (with Retry-After); any other
+status raises PermanentError.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any, Mapping
+
+from helpers import http
+from helpers.errors import PermanentError
+
+DELIVERY_HEADER = "X-Nightshift-Delivery"
+TIMESTAMP_HEADER = "X-Nightshift-Timestamp"
+SIGNATURE_HEADER = "X-Nightshift-Signature"
+
+
+def encode_payload(payload: Any) -> bytes:
+    """The exact bytes sent: compact JSON with sorted keys, identical on every retry."""
+    try:
+        return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                          allow_nan=False).encode("utf-8")
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(f"payload is not JSON-serializable: {exc}") from None
+
+
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    """The signature header value for `body` sent at `timestamp`."""
+    mac = hmac.new(secret.encode("utf-8"), str(timestamp).encode("ascii") + b"." + body, hashlib.sha256)
+    return "sha256=" + mac.hexdigest()
+
+
+def verify_signature(secret: str, body: bytes, timestamp: str | None, signature: str | None,
+                     tolerance: float | None = 300.0, now: float | None = None) -> bool:
+    """For receivers: True when `signature` is ours for `body` and `timestamp` is recent enough."""
+    if not timestamp or not signature:
+        return False
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        return False
+    if tolerance is not None and abs((time.time() if now is None else now) - ts) > tolerance:
+        return False
+    return hmac.compare_digest(sign(secret, ts, body), signature.strip())
+
+
+def deliver_webhook(url: str, payload: Any, delivery_id: str, secret: str = "", timeout: float = 10.0,
+                    allow_private: bool = False, headers: Mapping[str, str] | None = None,
+                    event: str | None = None) -> dict[str, Any]:
+    """POST `payload` to `url` once; returns {"status", "delivery_id", "elapsed", "response"} on 2xx.
+
+    Unsigned when `secret` is empty (receivers should insist on a secret; the task passes the setting).
+    """
+    if not delivery_id:
+        raise PermanentError("a delivery id is required so the receiver can drop duplicates")
+    body = encode_payload(payload)
+    timestamp = int(time.time())
+    all_headers = {"Content-Type": "application/json", DELIVERY_HEADER: str(delivery_id),
+                   TIMESTAMP_HEADER: str(timestamp)}
+    if event:
+        all_headers["X-Nightshift-Event"] = event
+    if secret:
+        all_headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
+    for name, value in (headers or {}).items():
+        if name.lower().startswith("x-nightshift-") or name.lower() in ("content-type", "host", "content-length"):
+            raise PermanentError(f"header {name!r} is set by Nightshift and cannot be overridden")
+        all_headers[name] = value
+    started = time.monotonic()
+    response = http.request("POST", url, body=body, headers=all_headers, timeout=timeout,
+                            allow_private=allow_private)
+    elapsed = round(time.monotonic() - started, 3)
+    if not 200 <= response.status < 300:
+        raise PermanentError(f"POST {url} answered {response.status}: {response.text(200)} "
+                             "(not retried: only timeouts, connection errors, 429 and 5xx are)")
+    return {"status": response.status, "delivery_id": str(delivery_id), "elapsed": elapsed,
+            "response": response.text(200)}
