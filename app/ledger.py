@@ -1,0 +1,197 @@
+"""The job ledger's state transitions and queries: the only module that changes a job's state.
+
+Every worker-side transition is guarded by (job id, attempt, state) so a late or duplicate worker can never
+overwrite what a newer attempt or recovery wrote: such an update changes nothing and returns False.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+from typing import Any, Iterable
+
+from app.db import database
+from app.models import FINISHED, WAITING, Attempt, Job
+
+BATCH = 400  # rows per INSERT; keeps under SQLite's and PostgreSQL's parameter limits
+PREVIEW_BYTES = 2048
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+def summarize(value: Any, limit: int = 1000) -> str:
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        text = json.dumps(repr(value))
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- producer side ---------------------------------------------------------------------------------------------
+
+def insert_jobs(rows: list[dict]) -> None:
+    """Record new jobs as queued, in one transaction."""
+    stamp = now()
+    for row in rows:
+        row.setdefault("state", "queued")
+        row.setdefault("created_at", stamp)
+        row.setdefault("updated_at", stamp)
+    with database.atomic():
+        for start in range(0, len(rows), BATCH):
+            Job.insert_many(rows[start:start + BATCH]).execute()
+
+
+def job_for_key(key: str, window_seconds: float) -> Job | None:
+    """The job that still holds idempotency key `key`; a finished job past the window gives the key up."""
+    job = Job.get_or_none(Job.key == key)
+    if job is None:
+        return None
+    if job.state in FINISHED and job.finished_at is not None \
+            and job.finished_at < now() - datetime.timedelta(seconds=window_seconds):
+        Job.update(key=None).where(Job.id == job.id, Job.key == key).execute()
+        return None
+    return job
+
+
+# -- worker side -------------------------------------------------------------------------------------------------
+
+def claim(job_id: str, attempt: int, worker: str, lease_seconds: float) -> bool:
+    """Take attempt `attempt` of a waiting job for `worker`; False if it is already running or finished."""
+    stamp = now()
+    with database.atomic():
+        claimed = Job.update(
+            state="running", worker=worker, started_at=stamp, finished_at=None, duration=None,
+            lease_expires_at=stamp + datetime.timedelta(seconds=lease_seconds), updated_at=stamp,
+        ).where(Job.id == job_id, Job.attempt == attempt, Job.state.in_(WAITING)).execute()
+        if claimed:
+            Attempt.insert(job_id=job_id, number=attempt, worker=worker, started_at=stamp).execute()
+    return bool(claimed)
+
+
+def _finish_attempt(job_id: str, attempt: int, outcome: str, stamp: datetime.datetime,
+                    duration: float | None, error: str | None = None) -> None:
+    Attempt.update(finished_at=stamp, duration=duration, outcome=outcome, error=error).where(
+        Attempt.job_id == job_id, Attempt.number == attempt).execute()
+
+
+def _running(job_id: str, attempt: int):
+    return (Job.id == job_id) & (Job.attempt == attempt) & (Job.state == "running")
+
+
+def mark_succeeded(job_id: str, attempt: int, duration: float, result: str | None) -> bool:
+    stamp = now()
+    with database.atomic():
+        done = Job.update(state="succeeded", finished_at=stamp, duration=duration, result=result,
+                          lease_expires_at=None, updated_at=stamp).where(
+            _running(job_id, attempt)).execute()
+        if done:
+            _finish_attempt(job_id, attempt, "succeeded", stamp, duration)
+    return bool(done)
+
+
+def mark_retrying(job_id: str, attempt: int, duration: float, error: str, traceback: str,
+                  eta: datetime.datetime | None, retries_left: int, retry_delay: float) -> bool:
+    """The attempt failed and another follows: the job waits as attempt + 1."""
+    stamp = now()
+    with database.atomic():
+        done = Job.update(state="retrying", attempt=attempt + 1, eta=eta, retries_left=retries_left,
+                          retry_delay=retry_delay, error=error, traceback=traceback, duration=duration,
+                          lease_expires_at=None, updated_at=stamp).where(_running(job_id, attempt)).execute()
+        if done:
+            _finish_attempt(job_id, attempt, "failed", stamp, duration, error)
+    return bool(done)
+
+
+def mark_dead(job_id: str, reason: str, error: str | None = None, traceback: str | None = None,
+              attempt: int | None = None, duration: float | None = None) -> bool:
+    """Out of retries, lost too often, or unrunnable: waits in the dead letters for an operator."""
+    stamp = now()
+    where = Job.id == job_id
+    where &= (Job.attempt == attempt) & (Job.state == "running") if attempt is not None \
+        else Job.state.not_in(FINISHED)
+    with database.atomic():
+        done = Job.update(state="dead", reason=reason, error=error, traceback=traceback, finished_at=stamp,
+                          duration=duration, lease_expires_at=None, updated_at=stamp).where(where).execute()
+        if done and attempt is not None:
+            _finish_attempt(job_id, attempt, "failed", stamp, duration, error)
+    return bool(done)
+
+
+def requeue(job_id: str, attempt: int, outcome: str, reason: str, lease_lost: bool = False) -> int | None:
+    """Put a running attempt back as a new attempt (interrupted at shutdown, or its lease expired).
+
+    Returns the new attempt number, or None when the attempt was no longer running."""
+    stamp = now()
+    fields = dict(state="queued", attempt=attempt + 1, worker=None, lease_expires_at=None, reason=reason,
+                  eta=None, updated_at=stamp)
+    if lease_lost:
+        fields["lease_losses"] = Job.lease_losses + 1
+    with database.atomic():
+        done = Job.update(**fields).where(_running(job_id, attempt)).execute()
+        if done:
+            _finish_attempt(job_id, attempt, outcome, stamp, None, reason)
+    return attempt + 1 if done else None
+
+
+def renew_leases(job_ids: Iterable[str], worker: str, lease_seconds: float) -> int:
+    ids = list(job_ids)
+    if not ids:
+        return 0
+    return Job.update(lease_expires_at=now() + datetime.timedelta(seconds=lease_seconds)).where(
+        Job.id.in_(ids), Job.worker == worker, Job.state == "running").execute()
+
+
+def record_progress(job_id: str, done: float, total: float | None = None, note: str = "") -> None:
+    Job.update(progress=json.dumps({"done": done, "total": total, "note": note}), updated_at=now()).where(
+        Job.id == job_id, Job.state == "running").execute()
+
+
+def mark_canceled(job_id: str, reason: str = "canceled by operator") -> bool:
+    stamp = now()
+    return bool(Job.update(state="canceled", reason=reason, finished_at=stamp, updated_at=stamp).where(
+        Job.id == job_id, Job.state.in_(WAITING)).execute())
+
+
+def mark_expired(job_id: str, attempt: int) -> bool:
+    stamp = now()
+    return bool(Job.update(state="expired", reason="expired before it could run", finished_at=stamp,
+                           updated_at=stamp).where(
+        Job.id == job_id, Job.attempt == attempt, Job.state.in_(WAITING)).execute())
+
+
+def record_dead_letter(job_id: str, task: str, reason: str, raw: bytes) -> None:
+    """A message that could not become a job (unreadable, unsigned, unknown): kept dead with a preview."""
+    stamp = now()
+    preview = raw[:PREVIEW_BYTES].decode("utf-8", "backslashreplace")
+    Job.insert(id=job_id, task=task, kwargs="{}", state="dead", reason=reason, raw=preview, created_at=stamp,
+               updated_at=stamp, finished_at=stamp).on_conflict_ignore().execute()
+
+
+# -- queries -------------------------------------------------------------------------------------------------------
+
+def get(job_id: str) -> Job | None:
+    """A job by id, or by a unique prefix of its id (as printed in lists)."""
+    job = Job.get_or_none(Job.id == job_id)
+    if job is None and 4 <= len(job_id) < 36:
+        matches = list(Job.select().where(Job.id.startswith(job_id)).limit(2))
+        job = matches[0] if len(matches) == 1 else None
+    return job
+
+
+def attempts(job_id: str) -> list[Attempt]:
+    return list(Attempt.select().where(Attempt.job_id == job_id).order_by(Attempt.number))
+
+
+def list_jobs(state: str | None = None, task: str | None = None, limit: int = 50) -> list[Job]:
+    query = Job.select()
+    if state:
+        query = query.where(Job.state == state)
+    if task:
+        query = query.where(Job.task == task)
+    return list(query.order_by(Job.created_at.desc(), Job.id).limit(limit))
+
+
+def state_of(job_id: str) -> str | None:
+    row = Job.select(Job.state).where(Job.id == job_id).tuples().first()
+    return row[0] if row else None

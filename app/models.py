@@ -1,0 +1,85 @@
+"""The job ledger's tables. State changes to them are written by `app.ledger` only."""
+from __future__ import annotations
+
+import peewee
+
+from app.db import database
+
+STATES = ("queued", "running", "retrying", "succeeded", "dead", "canceled", "expired")
+WAITING = ("queued", "retrying")
+FINISHED = ("succeeded", "dead", "canceled", "expired")
+
+
+class BaseModel(peewee.Model):
+    class Meta:
+        database = database
+
+
+class Job(BaseModel):
+    """One accepted job: what to run, its current state and attempt, and how its last attempt ended."""
+    id = peewee.CharField(primary_key=True, max_length=36)
+    task = peewee.CharField(max_length=200)
+    kwargs = peewee.TextField(default="{}")           # JSON object of arguments
+    state = peewee.CharField(max_length=16)
+    attempt = peewee.IntegerField(default=1)           # the attempt now queued or running
+    retries_left = peewee.IntegerField(default=0)
+    retry_delay = peewee.FloatField(default=0)
+    priority = peewee.IntegerField(default=0)
+    timeout = peewee.FloatField(null=True)
+    eta = peewee.DateTimeField(null=True)              # not to run before (UTC)
+    key = peewee.CharField(max_length=255, null=True, unique=True)  # idempotency key
+    created_at = peewee.DateTimeField()
+    updated_at = peewee.DateTimeField()
+    started_at = peewee.DateTimeField(null=True)
+    finished_at = peewee.DateTimeField(null=True)
+    duration = peewee.FloatField(null=True)
+    worker = peewee.CharField(max_length=200, null=True)
+    lease_expires_at = peewee.DateTimeField(null=True)
+    lease_losses = peewee.IntegerField(default=0)
+    result = peewee.TextField(null=True)               # JSON summary of the return value
+    error = peewee.TextField(null=True)
+    traceback = peewee.TextField(null=True)
+    reason = peewee.TextField(null=True)               # why it is dead, canceled or was recovered
+    progress = peewee.TextField(null=True)             # JSON {"done", "total", "note"}
+    raw = peewee.TextField(null=True)                  # size-capped preview of a poison message
+
+    class Meta:
+        table_name = "nightshift_job"
+        indexes = ((("state", "task"), False), (("state", "updated_at"), False),
+                   (("state", "lease_expires_at"), False))
+
+
+class Attempt(BaseModel):
+    """One run of a job by one worker: the job's history."""
+    job_id = peewee.CharField(max_length=36)
+    number = peewee.IntegerField()
+    worker = peewee.CharField(max_length=200)
+    started_at = peewee.DateTimeField()
+    finished_at = peewee.DateTimeField(null=True)
+    duration = peewee.FloatField(null=True)
+    outcome = peewee.CharField(max_length=16, null=True)  # succeeded, failed, retrying, interrupted, lease-lost
+    error = peewee.TextField(null=True)
+
+    class Meta:
+        table_name = "nightshift_attempt"
+        primary_key = peewee.CompositeKey("job_id", "number")
+
+
+class WorkerBeat(BaseModel):
+    """A consumer process's last heartbeat."""
+    id = peewee.CharField(primary_key=True, max_length=200)
+    host = peewee.CharField(max_length=200)
+    pid = peewee.IntegerField()
+    queue = peewee.CharField(max_length=200)
+    started_at = peewee.DateTimeField()
+    last_seen = peewee.DateTimeField()
+    stopped_at = peewee.DateTimeField(null=True)
+    rss_bytes = peewee.BigIntegerField(default=0)
+    jobs_done = peewee.IntegerField(default=0)
+    current = peewee.TextField(default="[]")          # JSON list of {"id", "task", "since"}
+
+    class Meta:
+        table_name = "nightshift_worker"
+
+
+ALL = [Job, Attempt, WorkerBeat]

@@ -1,0 +1,177 @@
+"""The one place that builds the Huey instance: Redis storage, the JSON codec and Nightshift's message shape.
+
+`NightshiftHuey` changes Huey in three narrow places: new tasks are recorded in the ledger before they are queued,
+a message that cannot be read becomes a dead letter instead of an exception, and a job is claimed in the ledger
+before it runs so a duplicate delivery of the same attempt is skipped.
+"""
+from __future__ import annotations
+
+import datetime
+import struct
+import time
+from typing import Any, Iterable
+
+from huey import Huey
+from huey.api import Result, Task
+from huey.exceptions import HueyException
+from huey.registry import Registry
+from huey.storage import PriorityRedisExpireStorage
+from huey.utils import ChordConfig
+
+import config
+from app.codec import JSONCodec, PoisonMessage
+
+MESSAGE_VERSION = 1
+
+
+def _dt(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime.datetime) else value
+
+
+def _parse_dt(value: Any) -> Any:
+    return datetime.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+class MessageRegistry(Registry):
+    """Tasks are named by their catalog name and travel as plain JSON objects that carry the attempt number."""
+
+    def task_to_string(self, task_class: type) -> str:
+        return task_class.__name__
+
+    def create_message(self, task: Task) -> dict:
+        name = self.task_to_string(type(task))
+        if name not in self._registry:
+            raise HueyException(f"{name} is not a registered task")
+        if task.kwargs and task.kwargs.get("task") is task:
+            task.kwargs.pop("task")
+        message = {
+            "v": MESSAGE_VERSION, "id": task.id, "task": name, "attempt": getattr(task, "attempt", None),
+            "args": list(task.args), "kwargs": task.kwargs, "eta": _dt(task.eta), "retries": task.retries,
+            "retry_delay": task.retry_delay, "retry_backoff": task.retry_backoff, "priority": task.priority,
+            "expires": task.expires if not isinstance(task.expires, datetime.datetime) else _dt(task.expires),
+            "expires_resolved": _dt(task.expires_resolved), "timeout": task.timeout,
+        }
+        if task.on_complete is not None:
+            message["on_complete"] = self.create_message(task.on_complete)
+        if task.on_error is not None:
+            message["on_error"] = self.create_message(task.on_error)
+        if task.chord_config is not None:
+            cc = task.chord_config
+            message["chord"] = [cc.cid, cc.size, cc.idx, self.create_message(cc.callback)]
+        return message
+
+    def create_task(self, message: Any) -> Task:
+        if not isinstance(message, dict) or not isinstance(message.get("task"), str) \
+                or not isinstance(message.get("id"), str) or not isinstance(message.get("kwargs", {}), dict) \
+                or not isinstance(message.get("args", []), list):
+            raise PoisonMessage("message is JSON but not a Nightshift task message")
+        task_class = self._registry.get(message["task"])
+        if task_class is None:
+            raise UnknownTask(message["task"])
+        chord = message.get("chord")
+        task = task_class(
+            tuple(message.get("args") or ()), message.get("kwargs") or {}, message["id"],
+            _parse_dt(message.get("eta")), message.get("retries"), message.get("retry_delay"),
+            message.get("priority"), message.get("expires"),
+            self.create_task(message["on_complete"]) if message.get("on_complete") else None,
+            self.create_task(message["on_error"]) if message.get("on_error") else None,
+            _parse_dt(message.get("expires_resolved")), message.get("timeout"),
+            ChordConfig(chord[0], chord[1], chord[2], self.create_task(chord[3])) if chord else None,
+            message.get("retry_backoff"))
+        task.attempt = message.get("attempt")
+        return task
+
+
+class UnknownTask(PoisonMessage):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown task {name!r}: no task module loaded by this consumer defines it")
+        self.task_name = name
+
+
+class NightshiftHuey(Huey):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._registry = MessageRegistry()
+
+    def create_consumer(self, **options: Any):
+        from app.consumer import NightshiftConsumer
+        return NightshiftConsumer(self, **options)
+
+    def enqueue(self, task: Task):
+        """Huey's enqueue, except a task never seen before is recorded in the ledger first (direct calls)."""
+        if getattr(task, "attempt", None) is None and not self._immediate:
+            from app import producer
+            producer.submit_tasks([task])
+            return Result(self, task)
+        return super().enqueue(task)
+
+    def push(self, tasks: Iterable[Task]) -> None:
+        """Put already-recorded tasks on Redis in one pipelined round trip: due ones on the queue, later ones
+        on the schedule."""
+        storage = self.storage
+        pipe = storage.conn.pipeline(transaction=False)
+        now = self._get_timestamp()
+        for task in tasks:
+            data = self.serialize_task(task)
+            if task.eta is not None and task.eta > now:
+                pipe.zadd(storage.schedule_key, {data: storage.convert_ts(task.eta)})
+            else:
+                prefix = struct.pack(">Q", int(time.time() * 1e6))
+                pipe.zadd(storage.queue_key, {prefix + data: -(task.priority or 0)})
+        pipe.execute()
+
+    def dequeue(self):
+        data = self.storage.dequeue()
+        if data is None:
+            return None
+        return self._read_or_dead_letter(data)
+
+    def _read_or_dead_letter(self, data: bytes):
+        try:
+            return self.deserialize_task(data)
+        except Exception as exc:  # noqa: BLE001 - any unreadable message is a dead letter, never a crash
+            from app import lifecycle
+            lifecycle.dead_letter_message(data, exc)
+            return None
+
+    def _deserialize_all(self, messages: Iterable[bytes]) -> list:
+        return [task for task in map(self._read_or_dead_letter, messages) if task is not None]
+
+    def _execute(self, task: Task, timestamp: datetime.datetime):
+        from app import lifecycle
+        if not lifecycle.claim(task):
+            return None
+        return super()._execute(task, timestamp)
+
+
+def build_huey(settings: config.Settings | None = None) -> NightshiftHuey:
+    settings = settings or config.get()
+    return NightshiftHuey(
+        settings.queue,
+        results=False,  # results are stored by the lifecycle, only for tasks that ask (store_result=True)
+        utc=True,
+        serializer=JSONCodec(settings.signing_key),
+        storage_class=PriorityRedisExpireStorage,
+        url=settings.redis_url,
+        expire_time=settings.result_ttl,
+        read_timeout=1,
+    )
+
+
+_huey: NightshiftHuey | None = None
+
+
+def reconfigure(settings: config.Settings) -> NightshiftHuey:
+    """Point the existing instance (tasks are registered on it) at new settings: tests, and embedding apps."""
+    huey = get_huey()
+    fresh = build_huey(settings)
+    huey.name, huey.storage, huey.serializer = fresh.name, fresh.storage, fresh.serializer
+    return huey
+
+
+def get_huey() -> NightshiftHuey:
+    """The process's Huey instance; task decorators register on it."""
+    global _huey
+    if _huey is None:
+        _huey = build_huey()
+    return _huey

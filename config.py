@@ -1,0 +1,178 @@
+"""All of Nightshift's settings, read from the environment in one place.
+
+Every setting is a field of `Settings` with the environment variable that sets it, a default and a parser.
+`load()` validates everything at once and reports a bad value by its variable's name, so a typo fails at
+start-up rather than in the middle of the night.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(ValueError):
+    """A setting in the environment has a value Nightshift cannot use."""
+
+
+def _int(minimum: int = 0) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+    parse.__doc__ = f"an integer >= {minimum}"
+    return parse
+
+
+def _float(minimum: float = 0.0) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not value >= minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return value
+    parse.__doc__ = f"a number >= {minimum}"
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    parse.__doc__ = "one of " + ", ".join(choices)
+    return parse
+
+
+def _bool(raw: str) -> bool:
+    """true/false, yes/no, on/off or 1/0"""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _url(*schemes: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip()
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in schemes:
+            raise ValueError(f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}")
+        return value
+    parse.__doc__ = "a URL: " + ", ".join(s + "://..." for s in schemes)
+    return parse
+
+
+def _list(raw: str) -> tuple[str, ...]:
+    items = tuple(part.strip() for part in raw.split(",") if part.strip())
+    if not items:
+        raise ValueError("must name at least one module")
+    return items
+
+
+def setting(env: str, default: Any, parse: Callable[[str], Any], help: str) -> Any:
+    return dataclasses.field(default=default, metadata={"env": env, "parse": parse, "help": help})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    redis_url: str = setting("NIGHTSHIFT_REDIS_URL", "redis://localhost:6379/0",
+                             _url("redis", "rediss", "unix"), "Redis that carries the queue")
+    database_url: str = setting("NIGHTSHIFT_DATABASE_URL", "sqlite:///data/nightshift.db",
+                                _url("sqlite", "postgresql", "postgres"),
+                                "job ledger: sqlite:///relative/path.db, sqlite:////abs/path.db or postgresql://")
+    queue: str = setting("NIGHTSHIFT_QUEUE", "nightshift", _str, "queue name (several services can share a Redis)")
+    task_modules: tuple = setting("NIGHTSHIFT_TASK_MODULES", ("tasks",), _list,
+                                  "comma-separated modules that define tasks")
+    signing_key: str = setting("NIGHTSHIFT_SIGNING_KEY", "", _str,
+                               "when set, messages are signed with HMAC-SHA256 and unsigned ones refused")
+    workers: int = setting("NIGHTSHIFT_WORKERS", 2, _int(1), "worker threads or processes per consumer")
+    worker_type: str = setting("NIGHTSHIFT_WORKER_TYPE", "thread", _choice("thread", "process", "greenlet"),
+                               "how workers run")
+    max_tasks_per_worker: int = setting("NIGHTSHIFT_MAX_TASKS_PER_WORKER", 0, _int(0),
+                                        "process workers are replaced after this many jobs (0: never)")
+    result_ttl: int = setting("NIGHTSHIFT_RESULT_TTL", 3600, _int(1), "seconds a stored result is kept")
+    log_level: str = setting("NIGHTSHIFT_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"),
+                             "log level")
+    log_format: str = setting("NIGHTSHIFT_LOG_FORMAT", "text", _choice("text", "json"), "log line format")
+    shutdown_timeout: float = setting("NIGHTSHIFT_SHUTDOWN_TIMEOUT", 30.0, _float(0),
+                                      "seconds running jobs get to finish on SIGTERM/SIGINT")
+    lease_seconds: float = setting("NIGHTSHIFT_LEASE_SECONDS", 60.0, _float(0.5),
+                                   "a running job's lease; renewed by its worker every third of it")
+    max_lease_losses: int = setting("NIGHTSHIFT_MAX_LEASE_LOSSES", 3, _int(0),
+                                    "a job whose lease expires more often than this goes dead")
+    recovery_interval: float = setting("NIGHTSHIFT_RECOVERY_INTERVAL", 30.0, _float(0.5),
+                                       "seconds between recovery runs in the consumer")
+    recovery_grace: float = setting("NIGHTSHIFT_RECOVERY_GRACE", 30.0, _float(0),
+                                    "a queued job missing from Redis this long is sent again")
+    idempotency_window: int = setting("NIGHTSHIFT_IDEMPOTENCY_WINDOW", 86400, _int(0),
+                                      "seconds a finished job still claims its idempotency key")
+    heartbeat_seconds: float = setting("NIGHTSHIFT_HEARTBEAT_SECONDS", 10.0, _float(0.2),
+                                       "how often a consumer records that it is alive")
+    tick_seconds: int = setting("NIGHTSHIFT_TICK_SECONDS", 60, _int(1),
+                                "length of a periodic-task tick (60 in production; shorter in tests)")
+    sentry_dsn: str = setting("SENTRY_DSN", "", _str, "send task errors to Sentry when set")
+    sentry_every_attempt: bool = setting("NIGHTSHIFT_SENTRY_EVERY_ATTEMPT", False, _bool,
+                                         "report every failed attempt, not only the final failure")
+    sentry_environment: str = setting("SENTRY_ENVIRONMENT", "", _str, "Sentry environment tag")
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.database_url.startswith(("postgresql://", "postgres://"))
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(variable, default, help) for every setting, for docs and `nightshift config`."""
+    rows = []
+    for field in dataclasses.fields(Settings):
+        default = field.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        rows.append((field.metadata["env"], str(default), field.metadata["help"]))
+    return rows
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; report all bad values at once."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for field in dataclasses.fields(Settings):
+        env = field.metadata["env"]
+        raw = environ.get(env)
+        if raw is None:
+            continue
+        parse = field.metadata["parse"]
+        try:
+            values[field.name] = parse(raw)
+        except ValueError as exc:
+            expected = (parse.__doc__ or "").strip()
+            errors.append(f"{env}={raw!r} is invalid: {exc}" + (f" (expected {expected})" if expected else ""))
+    if errors:
+        raise ConfigError("; ".join(errors))
+    return Settings(**values)
+
+
+_current: Settings | None = None
+
+
+def get() -> Settings:
+    """The process's settings, loaded on first use."""
+    global _current
+    if _current is None:
+        _current = load()
+    return _current
+
+
+def reload(environ: Mapping[str, str] | None = None) -> Settings:
+    """Re-read the environment (tests, and commands that change settings from options)."""
+    global _current
+    _current = load(environ)
+    return _current

@@ -1,0 +1,253 @@
+"""Shared fixtures: real Redis, real SQLite files or a real PostgreSQL database, workers as real processes.
+
+Each test gets its own queue name (keys on the shared Redis are namespaced by it and deleted afterwards) and
+its own ledger: a SQLite file, or with NIGHTSHIFT_TEST_DATABASE=postgres a fresh PostgreSQL database.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import redis
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+SHARED_REDIS = os.environ.get("NIGHTSHIFT_TEST_REDIS", "redis://127.0.0.1:6379/14")
+PG_ADMIN = os.environ.get("NIGHTSHIFT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+USE_PG = os.environ.get("NIGHTSHIFT_TEST_DATABASE", "sqlite") == "postgres"
+
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+# -- Redis -----------------------------------------------------------------------------------------------------
+
+class PrivateRedis:
+    """A redis-server of the test's own, on a free port, without persistence unless asked."""
+
+    def __init__(self, directory: Path, appendonly: bool = False) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "PrivateRedis":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.ping, 10, message=f"redis-server on port {self.port}")
+        return self
+
+    def ping(self) -> bool:
+        try:
+            return redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+        except redis.RedisError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Kill and start again on the same port: without persistence, everything is gone."""
+        self.stop()
+        self.start()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    server = PrivateRedis(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+# -- ledger ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def database_url(tmp_path):
+    if not USE_PG:
+        yield f"sqlite:///{tmp_path}/ledger.db"
+        return
+    import psycopg2
+    name = f"nightshift_t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(PG_ADMIN)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    from app import db
+    if db.database.obj is not None:
+        db.database.obj.close()
+        db._url = None
+    admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin.close()
+
+
+# -- environment --------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def env(tmp_path, database_url, monkeypatch):
+    """Settings for this test, applied to this process and passed to every subprocess it starts."""
+    queue = f"t{uuid.uuid4().hex[:10]}"
+    values = {
+        "NIGHTSHIFT_REDIS_URL": SHARED_REDIS,
+        "NIGHTSHIFT_DATABASE_URL": database_url,
+        "NIGHTSHIFT_QUEUE": queue,
+        "NIGHTSHIFT_TASK_MODULES": "tasks,sample_tasks",
+        "NIGHTSHIFT_LOG_FORMAT": "json",
+        "NIGHTSHIFT_LEASE_SECONDS": "3",
+        "NIGHTSHIFT_RECOVERY_INTERVAL": "1",
+        "NIGHTSHIFT_RECOVERY_GRACE": "2",
+        "NIGHTSHIFT_HEARTBEAT_SECONDS": "0.5",
+        "NIGHTSHIFT_SHUTDOWN_TIMEOUT": "5",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]),
+    }
+    for key in list(os.environ):
+        if key.startswith("NIGHTSHIFT_") or key == "SENTRY_DSN":
+            monkeypatch.delenv(key, raising=False)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    apply_settings()
+    yield Env(values, tmp_path)
+    cleanup_queue(os.environ["NIGHTSHIFT_REDIS_URL"], queue)
+
+
+def apply_settings():
+    """Make this process use the current environment: settings, Huey instance, ledger."""
+    import config
+    from app import catalog, db, queue
+    settings = config.reload()
+    catalog.load_task_modules(settings.task_modules)
+    queue.reconfigure(settings)
+    db.init(settings.database_url)
+    return settings
+
+
+def cleanup_queue(redis_url: str, queue: str) -> None:
+    try:
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=1)
+        keys = [k for pattern in (f"huey.*{queue}*", f"nightshift:{queue}:*") for k in client.scan_iter(pattern)]
+        if keys:
+            client.delete(*keys)
+    except redis.RedisError:
+        pass
+
+
+class Env(dict):
+    def __init__(self, values: dict, tmp_path: Path) -> None:
+        super().__init__(values)
+        self.tmp = tmp_path
+
+    def full(self, **overrides) -> dict:
+        merged = dict(os.environ)
+        merged.update(self)
+        merged.update({k: str(v) for k, v in overrides.items()})
+        return merged
+
+    def set(self, monkeypatch, **overrides) -> None:
+        """Change settings for this process and for workers started afterwards."""
+        for key, value in overrides.items():
+            self[key] = str(value)
+            monkeypatch.setenv(key, str(value))
+        apply_settings()
+
+
+# -- processes -----------------------------------------------------------------------------------------------------
+
+def cli(env: Env, *args: str, input: str | None = None, timeout: float = 60, **overrides) -> subprocess.CompletedProcess:
+    """Run `python -m app ARGS` as a real subprocess."""
+    return subprocess.run([sys.executable, "-m", "app", *args], env=env.full(**overrides), cwd=env.tmp,
+                          capture_output=True, text=True, input=input, timeout=timeout)
+
+
+class Worker:
+    """`nightshift worker` as a real process, its log in a file."""
+
+    def __init__(self, env: Env, name: str, overrides: dict) -> None:
+        self.log_path = env.tmp / f"{name}.log"
+        self.log_file = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env.full(**overrides),
+                                     cwd=env.tmp, stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
+
+    def wait_started(self, timeout: float = 15) -> "Worker":
+        wait_until(lambda: b"started" in self.log_path.read_bytes() or self.proc.poll() is not None, timeout,
+                   message="worker start")
+        assert self.proc.poll() is None, f"worker exited at start:\n{self.log()}"
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@pytest.fixture
+def start_worker(env):
+    started: list[Worker] = []
+
+    def start(name: str = "worker", wait: bool = True, **overrides) -> Worker:
+        worker = Worker(env, f"{name}-{len(started)}", overrides)
+        started.append(worker)
+        return worker.wait_started() if wait else worker
+
+    yield start
+    for worker in started:
+        if worker.alive():
+            worker.kill()
+        worker.log_file.close()
+
+
+@pytest.fixture
+def ledger_db(env):
+    """The ledger's models, bound to this test's database."""
+    from app import models
+    return models
