@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import math
+import re
 from typing import Any
 
 from huey.serializer import Serializer
@@ -29,6 +30,7 @@ class NotJSON(TypeError):
     """An argument that is not a JSON value (names where it is, so the user can fix it)."""
 
 
+_HEX = re.compile(rb"[0-9a-f]{64}")
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -92,13 +94,11 @@ class JSONCodec(Serializer):
 
     def unsign(self, data: bytes) -> bytes:
         """The JSON payload of `data`, verified when this codec has a key."""
-        if data[:1] in (b"{", b"[", b'"') or data[:1].isdigit() or data in (b"null", b"true", b"false"):
+        signature, payload = data[:64], data[65:]
+        if data[64:65] != b":" or not _HEX.fullmatch(signature):
             if self._key:
                 raise BadSignature("message is not signed but NIGHTSHIFT_SIGNING_KEY is set")
             return data
-        signature, sep, payload = data.partition(b":")
-        if not sep or len(signature) != 64:
-            raise PoisonMessage("message is neither JSON nor a signed JSON message")
         if self._key and not hmac.compare_digest(
                 signature, hmac.new(self._key, payload, hashlib.sha256).hexdigest().encode()):
             raise BadSignature("message signature does not match NIGHTSHIFT_SIGNING_KEY")
