@@ -77,6 +77,19 @@ def _list(raw: str) -> tuple[str, ...]:
     return items
 
 
+def _cron(raw: str) -> str:
+    """five crontab fields (minute hour day month weekday), or off"""
+    value = " ".join(raw.split())
+    if value.lower() in ("off", "none", "never"):
+        return "off"
+    fields = value.split(" ")
+    if len(fields) != 5:
+        raise ValueError("must have five fields: minute hour day month weekday")
+    from huey import crontab  # strict parsing, the same the scheduler uses
+    crontab(*fields, strict=True)
+    return value
+
+
 def setting(env: str, default: Any, parse: Callable[[str], Any], help: str) -> Any:
     return dataclasses.field(default=default, metadata={"env": env, "parse": parse, "help": help})
 
@@ -118,6 +131,32 @@ class Settings:
                                        "how often a consumer records that it is alive")
     tick_seconds: int = setting("NIGHTSHIFT_TICK_SECONDS", 60, _int(1),
                                 "length of a periodic-task tick (60 in production; shorter in tests)")
+    cleanup_cron: str = setting("NIGHTSHIFT_CLEANUP_CRON", "0 * * * *", _cron,
+                                "when the built-in cleanup runs (crontab: minute hour day month weekday; off)")
+    cleanup_batch: int = setting("NIGHTSHIFT_CLEANUP_BATCH", 1000, _int(1),
+                                 "rows per transaction and keys per SCAN/UNLINK in cleanup")
+    retain_succeeded_days: float = setting("NIGHTSHIFT_RETAIN_SUCCEEDED_DAYS", 7.0, _float(0),
+                                           "days a succeeded job stays in the ledger")
+    retain_failed_days: float = setting("NIGHTSHIFT_RETAIN_FAILED_DAYS", 30.0, _float(0),
+                                        "days a dead, canceled or expired job stays in the ledger")
+    retain_preview_days: float = setting("NIGHTSHIFT_RETAIN_PREVIEW_DAYS", 7.0, _float(0),
+                                         "days a dead letter keeps the preview of its raw message")
+    retain_workers_days: float = setting("NIGHTSHIFT_RETAIN_WORKERS_DAYS", 7.0, _float(0),
+                                         "days the heartbeat row of a stopped or vanished worker is kept")
+    lock_max_age: float = setting("NIGHTSHIFT_LOCK_MAX_AGE", 21600.0, _float(0),
+                                  "seconds after which a task lock counts as stale even if its holder lives")
+    backlog_cron: str = setting("NIGHTSHIFT_BACKLOG_CRON", "* * * * *", _cron,
+                                "when the built-in backlog watch runs (crontab, or off)")
+    alert_queue_depth: int = setting("NIGHTSHIFT_ALERT_QUEUE_DEPTH", 1000, _int(0),
+                                     "alert when more jobs than this wait to run (0: off)")
+    alert_oldest_age: float = setting("NIGHTSHIFT_ALERT_OLDEST_AGE", 600.0, _float(0),
+                                      "alert when the oldest due job has waited longer (seconds; 0: off)")
+    alert_failure_rate: float = setting("NIGHTSHIFT_ALERT_FAILURE_RATE", 0.5, _float(0),
+                                        "alert when this share of attempts in the window failed (0-1; 0: off)")
+    alert_dead_letters: int = setting("NIGHTSHIFT_ALERT_DEAD_LETTERS", 10, _int(0),
+                                      "alert when more jobs than this went dead in the window (0: off)")
+    alert_window: float = setting("NIGHTSHIFT_ALERT_WINDOW", 900.0, _float(1),
+                                  "seconds over which failure rate and dead letters are counted")
     sentry_dsn: str = setting("SENTRY_DSN", "", _str, "send task errors to Sentry when set")
     sentry_every_attempt: bool = setting("NIGHTSHIFT_SENTRY_EVERY_ATTEMPT", False, _bool,
                                          "report every failed attempt, not only the final failure")
