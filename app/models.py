@@ -46,7 +46,8 @@ class Job(BaseModel):
     class Meta:
         table_name = "nightshift_job"
         indexes = ((("state", "task"), False), (("state", "updated_at"), False),
-                   (("state", "lease_expires_at"), False))
+                   (("state", "lease_expires_at"), False),
+                   (("finished_at",), False))  # throughput and recent-window figures (app.status)
 
 
 class Attempt(BaseModel):
