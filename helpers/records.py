@@ -177,11 +177,14 @@ def _check(row: dict[str, Any], key: str, required: Sequence[str]) -> str | None
 
 def _upsert(database: peewee.Database, Record: type[StoredRecord], dataset: str,
             batch: list[tuple[str, str]]) -> dict[str, int]:
-    """Write one batch in one transaction; only new or changed rows are written."""
+    """Write one batch in one transaction: read the batch's stored rows, then upsert only new or changed ones.
+
+    Reading first is what lets the report tell inserted from updated from unchanged on SQLite and PostgreSQL
+    alike, and makes a re-run of the same file a read-only pass.
+    """
     with database.atomic():
-        keys = [k for k, _ in batch]
         stored = dict(Record.select(Record.key, Record.data)
-                      .where((Record.dataset == dataset) & (Record.key.in_(keys))).tuples())
+                      .where((Record.dataset == dataset) & (Record.key.in_([k for k, _ in batch]))).tuples())
         now = _now()
         changes = [(dataset, k, data, now) for k, data in batch if stored.get(k) != data]
         if changes:
@@ -205,3 +208,9 @@ def dataset_rows(database: peewee.Database, dataset: str) -> dict[str, dict[str,
     """Every stored record of `dataset` by key (reports and tests)."""
     Record = dbh.bind(StoredRecord, database)
     return {r.key: json.loads(r.data) for r in Record.select().where(Record.dataset == dataset)}
+
+
+def dataset_count(database: peewee.Database, dataset: str) -> int:
+    """How many records `dataset` holds."""
+    Record = dbh.bind(StoredRecord, database)
+    return Record.select().where(Record.dataset == dataset).count()
