@@ -6,7 +6,8 @@ PostgreSQL (a database of its own on postgresql://postgres@127.0.0.1:5432/) when
 
     .venv/bin/python -m pytest -m container -rA tests/test_container.py      # ~1-3 min; prints the image size
 
-Skipped when the container tool is absent or NIGHTSHIFT_SKIP_CONTAINER=1.
+Skipped when the container tool is absent or NIGHTSHIFT_SKIP_CONTAINER=1. The image is built from this checkout's
+working tree, like `docker build .`; NIGHTSHIFT_CONTAINER_TOOL names the tool when it is elsewhere.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOL = ROOT.parent / "shared" / "tools" / "container"
+TOOL = Path(os.environ.get("NIGHTSHIFT_CONTAINER_TOOL", ROOT.parent / "shared" / "tools" / "container"))
 IMAGE = os.environ.get("NIGHTSHIFT_TEST_IMAGE", "localhost/nightshift:test")
 REDIS_URL = "redis://127.0.0.1:6379/13"          # this test's own logical db
 POSTGRES_SERVER = "postgresql://postgres@127.0.0.1:5432/"
@@ -100,6 +101,9 @@ def test_image_builds_small_and_non_root(image, capsys):
     # The entry point passes a given command through (the producer side of the same image).
     version = sh(TOOL, "run", "--rm", "--no-healthcheck", image, "nightshift", "--version")
     assert "0.1.0" in version.stdout
+    # ...and options alone go to the consumer (`docker run IMAGE --workers 4`).
+    worker_help = sh(TOOL, "run", "--rm", "--no-healthcheck", image, "--help")
+    assert "Run the consumer" in worker_help.stdout and "--workers" in worker_help.stdout
 
 
 def test_consumer_and_producer_containers(image, ledger, capsys):
