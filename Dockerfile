@@ -12,6 +12,7 @@
 # Works on python:3.11-slim and on the Debian bookworm stand-in base (system python3, PEP 668): everything is
 # installed into a venv at /opt/venv with `python3`, never into the system interpreter.
 
+# For reproducible production builds pin the base by digest: --build-arg PYTHON_IMAGE=python:3.11-slim@sha256:...
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # ---- build stage: resolve and install pinned dependencies, then the project, into /opt/venv ----------------------
