@@ -200,15 +200,17 @@ def _recipient(number: int, row: dict[str, Any], email_field: str) -> Recipient 
 
 
 def plan_batch(path: str | Path, subject: str, body: str, email_field: str = "email",
-               defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               defaults: Mapping[str, Any] | None = None, html: str | None = None) -> dict[str, Any]:
     """Read and render the whole batch before anything is sent.
 
-    Returns {"messages": [{"to", "subject", "body", "line"}], "rejected": [{"line", "error"}],
+    Returns {"messages": [{"to", "subject", "body", "html", "line"}], "rejected": [{"line", "error"}],
     "duplicates": n}. A row with a bad address or a missing placeholder value is rejected alone; a broken
     template fails the batch.
     """
     check_template(subject)
     check_template(body)
+    if html is not None:
+        check_template(html)
     messages: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -222,6 +224,7 @@ def plan_batch(path: str | Path, subject: str, body: str, email_field: str = "em
             values = {**(defaults or {}), **item.values, email_field: address}
             rendered_subject = render(subject, values)
             rendered_body = render(body, values)
+            rendered_html = render(html, values) if html is not None else None
         except PermanentError as exc:
             rejected.append({"line": item.line, "error": str(exc)})
             continue
@@ -233,7 +236,8 @@ def plan_batch(path: str | Path, subject: str, body: str, email_field: str = "em
             duplicates += 1
             continue
         seen.add(key)
-        messages.append({"to": address, "subject": rendered_subject, "body": rendered_body, "line": item.line})
+        messages.append({"to": address, "subject": rendered_subject, "body": rendered_body, "html": rendered_html,
+                         "line": item.line})
     return {"messages": messages, "rejected": rejected, "duplicates": duplicates}
 
 

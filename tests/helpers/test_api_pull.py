@@ -142,6 +142,7 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 import peewee
 from helpers import api_pull
+from helper_fixtures import database, http_server  # noqa: F401  (fixtures)
 spec = json.loads(sys.argv[2])
 if spec["kind"] == "sqlite":
     db = peewee.SqliteDatabase(spec["path"], timeout=10)

@@ -11,6 +11,7 @@ import pytest
 from helpers import db as dbh
 from helpers import mail
 from helpers.errors import PermanentError, TemporaryError
+from helper_fixtures import database, smtp_server, tls_cert  # noqa: F401  (fixtures)
 
 SENDER = "Nightshift <noreply@example.com>"
 
@@ -56,7 +57,7 @@ def test_plan_batch_rejects_bad_rows_only(tmp_path: Path) -> None:
                         "di@example.com,\"Di, Jr.\",free\n", encoding="utf-8")
     plan = mail.plan_batch(csv_file, "Your {plan} plan", "Dear {name},\nthanks.")
     assert [m["to"] for m in plan["messages"]] == ["ann@example.com", "di@example.com"]
-    assert plan["messages"][1] == {"to": "di@example.com", "subject": "Your free plan",
+    assert plan["messages"][1] == {"to": "di@example.com", "subject": "Your free plan", "html": None,
                                    "body": "Dear Di, Jr.,\nthanks.", "line": 6}
     assert [r["line"] for r in plan["rejected"]] == [3, 5]
     assert plan["duplicates"] == 1
@@ -64,7 +65,8 @@ def test_plan_batch_rejects_bad_rows_only(tmp_path: Path) -> None:
     jsonl = tmp_path / "people.jsonl"
     jsonl.write_text('{"email": "ann@example.com", "name": "Ann"}\n\nnot json\n[1]\n{"name": "no address"}\n'
                      '{"email": "bo@example.com"}\n', encoding="utf-8")
-    plan = mail.plan_batch(jsonl, "Hello", "Hi {name}", defaults={"name": "friend"})
+    plan = mail.plan_batch(jsonl, "Hello", "Hi {name}", defaults={"name": "friend"}, html="<p>Hi {name}</p>")
+    assert plan["messages"][0]["html"] == "<p>Hi Ann</p>"
     assert [(m["to"], m["body"]) for m in plan["messages"]] == [("ann@example.com", "Hi Ann"),
                                                                 ("bo@example.com", "Hi friend")]
     assert [r["line"] for r in plan["rejected"]] == [3, 4, 5]

@@ -10,6 +10,7 @@ import pytest
 
 from helpers import records
 from helpers.errors import PermanentError
+from helper_fixtures import database  # noqa: F401  (fixture)
 
 
 def test_csv_import_rejects_bad_rows_by_line(database, tmp_path: Path) -> None:

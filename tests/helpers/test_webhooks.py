@@ -11,6 +11,7 @@ import pytest
 from helpers import http, webhooks
 from helpers.backoff import backoff_delay
 from helpers.errors import PermanentError, TemporaryError
+from helper_fixtures import http_server  # noqa: F401  (fixture)
 
 SECRET = "whsec-test"
 
