@@ -16,6 +16,7 @@ import pytest
 
 from helpers import api_pull
 from helpers.errors import PermanentError, TemporaryError
+from helper_fixtures import database, http_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES, PER_PAGE = 8, 25
@@ -142,7 +143,6 @@ import json, sys
 sys.path.insert(0, sys.argv[1])
 import peewee
 from helpers import api_pull
-from helper_fixtures import database, http_server  # noqa: F401  (fixtures)
 spec = json.loads(sys.argv[2])
 if spec["kind"] == "sqlite":
     db = peewee.SqliteDatabase(spec["path"], timeout=10)
