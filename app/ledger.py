@@ -160,6 +160,29 @@ def mark_expired(job_id: str, attempt: int) -> bool:
         Job.id == job_id, Job.attempt == attempt, Job.state.in_(WAITING)).execute())
 
 
+def revive(job_id: str, retries_left: int) -> Job | None:
+    """A dead job back to queued as a new attempt with a fresh set of retries (operator's `retry`).
+
+    Dead letters that never were a runnable job (poison messages) stay dead."""
+    stamp = now()
+    with database.atomic():
+        done = Job.update(state="queued", attempt=Job.attempt + 1, retries_left=retries_left, lease_losses=0,
+                          reason="retried by operator", eta=None, finished_at=None, worker=None,
+                          updated_at=stamp).where(Job.id == job_id, Job.state == "dead", Job.raw.is_null()).execute()
+        return Job.get_by_id(job_id) if done else None
+
+
+def discard(job_ids: Iterable[str], states: tuple[str, ...] = ("dead",)) -> list[str]:
+    """Delete jobs (dead ones by default) and their history; returns the ids removed."""
+    ids = list(job_ids)
+    with database.atomic():
+        found = [row[0] for row in Job.select(Job.id).where(Job.id.in_(ids), Job.state.in_(states)).tuples()]
+        if found:
+            Attempt.delete().where(Attempt.job_id.in_(found)).execute()
+            Job.delete().where(Job.id.in_(found), Job.state.in_(states)).execute()
+    return found
+
+
 def record_dead_letter(job_id: str, task: str, reason: str, raw: bytes) -> None:
     """A message that could not become a job (unreadable, unsigned, unknown): kept dead with a preview."""
     stamp = now()
@@ -195,3 +218,52 @@ def list_jobs(state: str | None = None, task: str | None = None, limit: int = 50
 def state_of(job_id: str) -> str | None:
     row = Job.select(Job.state).where(Job.id == job_id).tuples().first()
     return row[0] if row else None
+
+
+# -- retention (run by app.cleanup) ----------------------------------------------------------------------------
+
+PREVIEW_REMOVED = "[preview removed by cleanup]"  # not NULL: a dead letter that never was a job stays one
+TEXT_COLUMNS = ("task", "kwargs", "result", "error", "traceback", "reason", "progress", "raw")
+ROW_OVERHEAD = 160  # rough bytes per row beyond its text columns (ids, numbers, timestamps, index entries)
+
+
+def row_bytes(model, columns: Iterable[str]):
+    from peewee import fn
+    total = ROW_OVERHEAD
+    for name in columns:
+        total = total + fn.COALESCE(fn.LENGTH(getattr(model, name)).coerce(False), 0)
+    return total
+
+
+def delete_finished(before: datetime.datetime, states: Iterable[str], limit: int = 1000) -> tuple[int, int, int]:
+    """Delete at most `limit` jobs in `states` that finished before `before`, with their attempts, in one short
+    transaction; returns (jobs, attempts, approximate bytes) actually deleted by this call.
+
+    One DELETE ... WHERE id IN (SELECT ... LIMIT) RETURNING statement: no read-modify-write, so two cleanups
+    running at once delete each row once between them and each counts only what it removed."""
+    states = tuple(states)
+    finished = Job.state.in_(states) & (Job.finished_at < before)
+    batch = Job.select(Job.id).where(finished).limit(limit)
+    with database.atomic():
+        gone = list(Job.delete().where(Job.id.in_(batch), finished)
+                    .returning(Job.id, row_bytes(Job, TEXT_COLUMNS).alias("size")).tuples().execute())
+        if not gone:
+            return 0, 0, 0
+        ids = [row[0] for row in gone]
+        history = list(Attempt.delete().where(Attempt.job_id.in_(ids))
+                       .returning(row_bytes(Attempt, ("job_id", "worker", "error")).alias("size"))
+                       .tuples().execute())
+    return len(gone), len(history), sum(int(row[1]) for row in gone) + sum(int(row[0]) for row in history)
+
+
+def drop_previews(before: datetime.datetime, limit: int = 1000) -> tuple[int, int]:
+    """Replace the raw-message preview of dead letters older than `before` (at most `limit` of them) with a
+    short marker; returns (previews dropped, bytes freed) by this call."""
+    from peewee import fn
+    old = (Job.state == "dead") & Job.raw.is_null(False) & (Job.raw != PREVIEW_REMOVED) & (Job.finished_at < before)
+    sizes = dict(Job.select(Job.id, fn.LENGTH(Job.raw).coerce(False)).where(old).limit(limit).tuples())
+    if not sizes:
+        return 0, 0
+    done = [row[0] for row in Job.update(raw=PREVIEW_REMOVED).where(Job.id.in_(list(sizes)), old)
+            .returning(Job.id).tuples().execute()]
+    return len(done), sum(max(int(sizes[i] or 0) - len(PREVIEW_REMOVED), 0) for i in done)

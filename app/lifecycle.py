@@ -66,12 +66,20 @@ def claim(task: Task) -> bool:
             events.emit("dead", task.id, name, logging.ERROR, attempt=attempt, reason=reason)
         else:
             events.emit("skipped", task.id, name, logging.WARNING, attempt=attempt, state=state,
-                        reason="duplicate delivery: this attempt already ran or is running")
+                        reason=skip_reason(state))
         return False
     with _lock:
         running[task.id] = (name, attempt, time.monotonic(), ledger.now())
     events.emit("started", task.id, name, attempt=attempt, worker=WORKER_ID, args=task.kwargs)
     return True
+
+
+def skip_reason(state: str) -> str:
+    if state in ("canceled", "expired", "dead"):
+        return f"the job is {state}"
+    if state in ("queued", "retrying"):
+        return "stale message: the job waits for a newer attempt"
+    return "duplicate delivery: this attempt already ran or is running"
 
 
 # -- after a job ran -----------------------------------------------------------------------------------------------

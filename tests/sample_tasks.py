@@ -33,13 +33,17 @@ def fails_first(times: int, task=None) -> str:
 
 
 @task(context=True)
-def record_effect(path: str, seconds: float = 0.0, task=None) -> None:
-    """Sleep, then append this job's id to PATH: the job's effect, counted by the tests."""
+def record_effect(directory: str, seconds: float = 0.0, task=None) -> None:
+    """Sleep, then record this job's effect idempotently: one file per job id (created once, whatever the number
+    of runs); every run is also appended to DIRECTORY/runs.log so the tests can count re-runs."""
+    with open(os.path.join(directory, "runs.log"), "a") as f:
+        f.write(f"{task.id} {task.attempt} start\n")
     time.sleep(seconds)
-    with open(path, "a") as f:
-        f.write(task.id + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        fd = os.open(os.path.join(directory, task.id), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.close(fd)
+    except FileExistsError:
+        pass
 
 
 @task()

@@ -1,0 +1,116 @@
+"""Dead-letter and queue operations: dead, retry, discard, cancel."""
+from __future__ import annotations
+
+import click
+
+from app import catalog, events, ledger
+from app.cli import main
+from app.cli.common import EXIT_FAILED, echo_json, fail, iso, json_option, table
+from app.db import init as init_db
+from app.models import WAITING, Job
+from app.queue import get_huey
+
+
+def _resolve(job_ids: tuple[str, ...]) -> list[Job]:
+    jobs, missing = [], []
+    for job_id in job_ids:
+        job = ledger.get(job_id)
+        (jobs.append(job) if job else missing.append(job_id))
+    if missing:
+        fail(f"no such job(s) in the ledger: {', '.join(missing)}", EXIT_FAILED)
+    return jobs
+
+
+@main.command()
+@click.option("--task", help="Only dead jobs of this task.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@json_option
+def dead(task, limit, as_json):
+    """Dead letters: jobs that ran out of retries, lost their lease too often, or came as bad messages."""
+    init_db()
+    jobs = ledger.list_jobs("dead", task, limit)
+    if as_json:
+        from app.cli.jobs import job_dict
+        echo_json([job_dict(job) for job in jobs])
+        return
+    rows = [[job.id[:8], job.task[:22], str(job.attempt), iso(job.finished_at or job.updated_at)[:19].replace("T", " "),
+             (job.reason or "")[:60]] for job in jobs]
+    click.echo(table(rows, ["ID", "TASK", "TRY", "DIED (UTC)", "REASON"]) if rows else "no dead jobs")
+
+
+@main.command()
+@click.argument("job_ids", metavar="JOB...", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every dead job (of --task, when given).")
+@click.option("--task", help="With --all: only this task's dead jobs.")
+def retry(job_ids, all_, task):
+    """Queue dead jobs again, each as a new attempt with the task's retries."""
+    init_db()
+    if all_ == bool(job_ids):
+        fail("name the jobs to retry, or use --all [--task T]", 2)
+    jobs = _resolve(job_ids) if job_ids else ledger.list_jobs("dead", task, limit=1_000_000)
+    from app.recovery import task_from_row
+    tasks, refused = [], []
+    for job in jobs:
+        try:
+            task_class = catalog.get_task_class(job.task)
+        except catalog.UnknownTaskName as exc:
+            refused.append(f"{job.id}: {exc}")
+            continue
+        revived = ledger.revive(job.id, task_class.default_retries or 0)
+        if revived is None:
+            refused.append(f"{job.id}: it is {job.state}" + (" (a bad message, not a job)" if job.raw else "")
+                           + ", not a dead job")
+            continue
+        tasks.append(task_from_row(revived))
+        events.emit("retried", job.id, job.task, attempt=revived.attempt, reason="retried by operator")
+    if tasks:
+        try:
+            for start in range(0, len(tasks), 1000):
+                get_huey().push(tasks[start:start + 1000])
+        except Exception as exc:  # noqa: BLE001 - recorded as queued; recovery delivers
+            click.echo(f"nightshift: Redis is unreachable ({exc}); the jobs are queued in the ledger and will be "
+                       f"delivered when Redis is back", err=True)
+    for line in refused:
+        click.echo(f"nightshift: not retried: {line}", err=True)
+    click.echo(f"retried {len(tasks)} job(s)")
+    if refused:
+        raise SystemExit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
+def discard(job_ids):
+    """Remove dead jobs from the ledger for good."""
+    init_db()
+    jobs = _resolve(job_ids)
+    removed = set(ledger.discard([job.id for job in jobs]))
+    for job in jobs:
+        if job.id in removed:
+            get_huey().delete(job.id)  # a stored result, if any
+        else:
+            click.echo(f"nightshift: not discarded: {job.id} is {job.state}, not dead", err=True)
+    click.echo(f"discarded {len(removed)} job(s)")
+    if len(removed) < len(jobs):
+        raise SystemExit(EXIT_FAILED)
+
+
+@main.command()
+@click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
+def cancel(job_ids):
+    """Cancel queued or scheduled jobs: they will not run."""
+    init_db()
+    jobs = _resolve(job_ids)
+    canceled = 0
+    for job in jobs:
+        if job.state in WAITING and ledger.mark_canceled(job.id):
+            canceled += 1
+            try:
+                get_huey().revoke_by_id(job.id, revoke_once=True)  # Huey skips the message and drops the flag
+            except Exception:  # noqa: BLE001 - the ledger already says canceled; the worker skips it anyway
+                pass
+            events.emit("canceled", job.id, job.task, attempt=job.attempt)
+        else:
+            click.echo(f"nightshift: not canceled: {job.id} is {ledger.state_of(job.id)}", err=True)
+    click.echo(f"canceled {canceled} job(s)")
+    if canceled < len(jobs):
+        raise SystemExit(EXIT_FAILED)
