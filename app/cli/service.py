@@ -36,3 +36,27 @@ def recover(as_json):
         click.echo(f"requeued after lost lease: {report.lease_requeued}, dead after too many lost leases: "
                    f"{report.lease_dead}, sent again (missing from Redis): {report.resent}, "
                    f"unrecoverable (unknown task): {report.unknown_task}")
+
+
+@main.command("config")
+@json_option
+def show_config(as_json):
+    """Every setting: its environment variable, current value (passwords masked) and what it does."""
+    import dataclasses
+
+    from app.worker import redact
+    settings = config.get()
+    rows = []
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        value = ",".join(value) if isinstance(value, tuple) else value
+        if field.name in ("signing_key", "webhook_secret") and value:
+            value = "***"
+        elif isinstance(value, str) and "://" in value:
+            value = redact(value)
+        rows.append({"variable": field.metadata["env"], "value": value, "help": field.metadata["help"]})
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['variable']}={row['value']}\n    {row['help']}")
