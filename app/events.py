@@ -32,6 +32,15 @@ def emit(event: str, job_id: str, task: str, level: int = logging.INFO, **fields
         log.log(level, "%s %s %s", event, task, job_id, extra={"job": record})
 
 
+def emit_batch(event: str, task: str, ids: list[str], level: int = logging.INFO, **fields: Any) -> None:
+    """One line for many jobs of one task (bulk submits): the count and the first and last ids."""
+    record = {"event": event, "task": task, "count": len(ids), "first_id": ids[0] if ids else None,
+              "last_id": ids[-1] if ids else None}
+    record.update({k: v for k, v in fields.items() if v is not None})
+    if log.isEnabledFor(level):
+        log.log(level, "%s %s x%d", event, task, len(ids), extra={"job": record})
+
+
 def text_fields(record: dict) -> str:
     skip = {"event", "job_id", "task"}
     return " ".join(f"{k}={json.dumps(v) if not isinstance(v, (int, float)) else v}"

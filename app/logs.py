@@ -30,7 +30,7 @@ class TextFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
         job = getattr(record, "job", None)
         if job:
-            record.message = f"{job['event']:<9} {job['task']} {job['job_id']} {text_fields(job)}".rstrip()
+            record.message = f"{job['event']:<9} {job['task']} {job.get('job_id', '')} {text_fields(job)}".rstrip()
         return super().formatMessage(record)
 
 

@@ -17,7 +17,7 @@ from huey.api import Task
 from huey.utils import normalize_time
 
 import config
-from app import catalog, ledger
+from app import catalog, events, ledger
 from app.codec import ensure_json
 from app.db import database, init as init_db
 from app.queue import get_huey
@@ -58,7 +58,25 @@ def submit_tasks(tasks: list[Task], key: str | None = None) -> Submission:
     if key is not None:
         return _submit_with_key(tasks[0], key)
     ledger.insert_jobs([_row(task, None) for task in tasks])
-    return _deliver(tasks, Submission([t.id for t in tasks]))
+    return _log_submitted(tasks, _deliver(tasks, Submission([t.id for t in tasks])))
+
+
+def _log_submitted(tasks: list[Task], submission: Submission, key: str | None = None) -> Submission:
+    """One "submitted" line per job; a bulk submit logs one line per task and batch (per job only at DEBUG)."""
+    undelivered = None if submission.delivered else True
+    if len(tasks) == 1 or events.log.isEnabledFor(logging.DEBUG):
+        level = logging.INFO if len(tasks) == 1 else logging.DEBUG
+        for task in tasks:
+            events.emit("submitted", task.id, type(task).__name__, level, attempt=1, args=task.kwargs,
+                        eta=task.eta.isoformat() if task.eta else None, priority=task.priority or None, key=key,
+                        undelivered=undelivered)
+    if len(tasks) > 1:
+        by_task: dict[str, list[str]] = {}
+        for task in tasks:
+            by_task.setdefault(type(task).__name__, []).append(task.id)
+        for name, ids in by_task.items():
+            events.emit_batch("submitted", name, ids, undelivered=undelivered)
+    return submission
 
 
 def _submit_with_key(task: Task, key: str) -> Submission:
@@ -74,7 +92,7 @@ def _submit_with_key(task: Task, key: str) -> Submission:
         if existing is None:
             raise
         return Submission([existing.id], existing=[existing.id])
-    return _deliver([task], Submission([task.id]))
+    return _log_submitted([task], _deliver([task], Submission([task.id])), key)
 
 
 def _deliver(tasks: list[Task], submission: Submission) -> Submission:

@@ -138,10 +138,13 @@ class NightshiftHuey(Huey):
         return [task for task in map(self._read_or_dead_letter, messages) if task is not None]
 
     def _execute(self, task: Task, timestamp: datetime.datetime):
-        from app import lifecycle
+        from app import lifecycle, monitoring
+        # sentry-sdk's patched Huey.enqueue adds trace headers to the kwargs of a retry; they are no argument.
+        task.kwargs.pop("sentry_headers", None)
         if not lifecycle.claim(task):
             return None
-        return super()._execute(task, timestamp)
+        with monitoring.job_scope(self, task):
+            return super()._execute(task, timestamp)  # Huey._execute, patched by Sentry's integration if on
 
 
 def build_huey(settings: config.Settings | None = None) -> NightshiftHuey:

@@ -24,6 +24,11 @@ class cli(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            from app import logs
+            settings = config.get()
+            # Log lines (e.g. "submitted") go to stderr in NIGHTSHIFT_LOG_FORMAT at NIGHTSHIFT_LOG_LEVEL; stdout
+            # stays the command's output.
+            logs.setup(settings.log_level, settings.log_format)
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise

@@ -1,0 +1,179 @@
+"""Monitoring commands: status, health, metrics."""
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+
+import click
+
+import config
+from app.cli import main
+from app.cli.common import EXIT_FAILED, echo_json, fail, table
+
+CLEAR = "\x1b[H\x1b[2J"   # cursor home, clear screen
+WIDTH = 80
+
+
+def _ago(seconds: float | None) -> str:
+    """A short duration: 850ms, 12s, 4m05s, 3h02m, 2d04h."""
+    if seconds is None:
+        return "-"
+    seconds = max(seconds, 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f}ms" if value < 1 else _ago(value)
+
+
+def _mb(value: int) -> str:
+    return f"{value / 1048576:.0f}M" if value else "-"
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "~"
+
+
+def render(data: dict) -> str:
+    """The snapshot as aligned tables that fit in 80 columns."""
+    from app.status import _dt, now
+    stamp = _dt(data["generated_at"].rstrip("Z")) or now()
+    lines = [f"nightshift status at {data['generated_at'][:19].replace('T', ' ')} UTC", ""]
+    rows = []
+    for q in data["queues"]:
+        redis = q["redis"]
+        on_redis = f"{redis['queued']}+{redis['scheduled']}" if redis.get("ok") else "DOWN"
+        rows.append([_cut(q["name"], 16), q["waiting"], q["scheduled"], q["running"], q["retrying"], q["dead"],
+                     _ago(q["oldest_waiting_seconds"]) if q["oldest_waiting_seconds"] is not None else "-",
+                     on_redis])
+    lines.append(table(rows, ["QUEUE", "WAITING", "SCHED", "RUNNING", "RETRY", "DEAD", "OLDEST", "REDIS"]))
+    for q in data["queues"]:
+        if not q["redis"].get("ok"):
+            lines.append(_cut(f"  Redis: {q['redis']['error']}", WIDTH))
+    rate = data["throughput_per_minute"]
+    lines += ["", "throughput (jobs/min):  " + "   ".join(f"{k} {v:g}" for k, v in rate.items())]
+
+    window = _ago(data["window_seconds"]).replace("m00s", "m").replace("h00m", "h")
+    lines += ["", f"tasks (finished in the last {window}):"]
+    rows = []
+    for t in data["tasks"]:
+        rate_ = f"{t['success_rate'] * 100:.0f}%" if t["success_rate"] is not None else "-"
+        failure = t["last_failure"]
+        last = "-"
+        if failure:
+            when = _dt(failure["at"].rstrip("Z")) if failure["at"] else None
+            last = (_ago((stamp - when).total_seconds()) + " ago " if when else "") + (failure["error"] or "")
+        rows.append([_cut(t["task"], 20), t["finished"], rate_, _secs(t["p50"]), _secs(t["p95"]), t["running"],
+                     t["waiting"], last])
+    if rows:
+        head = ["TASK", "DONE", "OK", "P50", "P95", "RUN", "WAIT"]
+        used = len(table([r[:7] for r in rows], head).splitlines()[0]) + 2
+        for r in rows:
+            r[7] = _cut(r[7], max(WIDTH - used, 10))
+        lines.append(table(rows, head + ["LAST FAILURE"]))
+    else:
+        lines.append("  no jobs")
+
+    lines += ["", f"workers (gone after {data['gone_after_seconds']:g}s without a heartbeat):"]
+    rows = []
+    for w in data["workers"]:
+        current = w["current"]
+        if current:
+            job = current[0]
+            doing = f"{_cut(job['task'], 14)} {job['id'][:8]} {_ago(job.get('running_for'))}"
+            if len(current) > 1:
+                doing += f" +{len(current) - 1}"
+        else:
+            doing = "idle" if w["status"] == "alive" else "-"
+        started = _ago(w["uptime"]) if w["status"] == "alive" else w["started_at"][5:16].replace("T", " ")
+        rows.append([_cut(w["id"], 22), w["status"], started, w["jobs_done"], _ago(w["heartbeat_age"]),
+                     _mb(w["rss_bytes"]), _cut(doing, 30)])
+    lines.append(table(rows, ["WORKER", "STATUS", "UP", "DONE", "BEAT", "RSS", "CURRENT"]) if rows
+                 else "  no consumer has beaten on this queue in the last hour")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON document per refresh).")
+@click.option("--watch", type=click.FloatRange(min=0.2), metavar="SECONDS",
+              help="Refresh every SECONDS until Ctrl-C.")
+@click.option("--window", type=click.FloatRange(min=1), default=60, show_default=True, metavar="MINUTES",
+              help="Per-task figures cover jobs finished in the last MINUTES.")
+def status(as_json, watch, window):
+    """What the service is doing: queue depth, throughput, per-task figures, workers."""
+    from app import status as status_mod
+    settings = config.get()
+    while True:
+        data = status_mod.snapshot(settings, window * 60)
+        if as_json:
+            if watch:
+                click.echo(json.dumps(data, default=str))
+            else:
+                echo_json(data)
+        else:
+            text = render(data)
+            if watch and sys.stdout.isatty():
+                sys.stdout.write(CLEAR + text + "\n")   # refresh in place
+            else:
+                click.echo(text + ("\n" if watch else ""))
+        if not watch:
+            return
+        try:
+            sys.stdout.flush()
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            click.echo("")
+            return
+
+
+@main.command()
+@click.option("--this-host", is_flag=True, help="Require a live consumer on this host (a container's own "
+              "consumer), not just anywhere.")
+def health(this_host):
+    """Exit 0 when Redis and the ledger answer and a consumer's heartbeat is fresh; else 1 with the reason."""
+    from app import status as status_mod
+    ok, line = status_mod.health(config.get(), this_host=this_host)
+    if not ok:
+        fail(f"unhealthy: {line}", EXIT_FAILED)
+    click.echo(line)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(min=0, max=65535), required=True, help="Port to serve /metrics on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+def metrics(port, host):
+    """Serve Prometheus metrics (queue depth, outcomes, durations, workers) until SIGTERM or Ctrl-C."""
+    from app import metrics as metrics_mod
+    try:
+        server, thread = metrics_mod.serve(port, host, config.get())
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_FAILED)
+    click.echo(f"serving Prometheus metrics on http://{host}:{server.server_port}/metrics", err=True)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        while thread.is_alive():
+            thread.join(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+        server.server_close()

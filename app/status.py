@@ -1,0 +1,252 @@
+"""What the service is doing: queue depth, throughput, per-task figures and workers, read cheaply.
+
+Shared by `nightshift status`, `nightshift health` and the Prometheus collector (app.metrics). Every query is
+either bounded by an index (state, finished_at) or by a recent window, so a ledger of millions of finished jobs
+costs no more than a small one: counts are aggregated in SQL, and percentiles are computed in Python over at most
+SAMPLE_LIMIT durations of jobs that finished within the window.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import socket
+from typing import Any
+
+import peewee
+from peewee import fn
+
+import config
+from app.models import WAITING, Job, WorkerBeat
+
+WINDOW_SECONDS = 3600          # per-task figures cover jobs finished in the last hour
+SAMPLE_LIMIT = 5000            # at most this many recent durations feed the percentiles and histograms
+WORKERS_SHOWN_FOR = 3600       # stopped and gone workers stay listed this long after their last heartbeat
+THROUGHPUT_WINDOWS = (1, 5, 15)  # minutes
+PROCESSED = ("succeeded", "dead")  # the outcomes a worker produced: what throughput counts
+
+
+def now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+
+
+def _dt(value: Any) -> datetime.datetime | None:
+    """Aggregates over datetime columns come back as text from SQLite: parse them."""
+    if value is None or isinstance(value, datetime.datetime):
+        return value
+    return datetime.datetime.fromisoformat(str(value))
+
+
+def _iso(value: datetime.datetime | None) -> str | None:
+    return value.isoformat(timespec="milliseconds") + "Z" if value else None
+
+
+def gone_after(settings: config.Settings | None = None) -> float:
+    """A consumer whose last heartbeat is older than this is gone (killed, hung or cut off)."""
+    return 3 * (settings or config.get()).heartbeat_seconds
+
+
+# -- queue ---------------------------------------------------------------------------------------------------------
+
+def queue_counts(stamp: datetime.datetime) -> dict:
+    """Jobs waiting (due now), scheduled (eta in the future), running, retrying (part of waiting/scheduled) and
+    dead, in one grouped query on the state index; plus how long the longest-waiting due job has waited."""
+    future = peewee.Case(None, [(Job.eta > stamp, 1)], 0)
+    counts = {"waiting": 0, "scheduled": 0, "running": 0, "retrying": 0, "dead": 0}
+    query = (Job.select(Job.state, fn.COUNT(Job.id), fn.SUM(future))
+             .where(Job.state.in_(WAITING + ("running", "dead"))).group_by(Job.state).tuples())
+    for state, total, scheduled in query:
+        scheduled = int(scheduled or 0)
+        if state in WAITING:
+            counts["scheduled"] += scheduled
+            counts["waiting"] += total - scheduled
+            if state == "retrying":
+                counts["retrying"] += total
+        else:
+            counts[state] += total
+    # Due since: its eta, or when it was queued (created, requeued or set to retry without a delay).
+    oldest = _dt(Job.select(fn.MIN(fn.COALESCE(Job.eta, Job.updated_at))).where(
+        Job.state.in_(WAITING), Job.eta.is_null() | (Job.eta <= stamp)).scalar())
+    counts["oldest_waiting_seconds"] = round(max((stamp - oldest).total_seconds(), 0.0), 3) if oldest else None
+    counts["oldest_waiting_since"] = _iso(oldest)
+    return counts
+
+
+def redis_counts(huey: Any = None) -> dict:
+    """Messages on Redis: due on the queue, and on the schedule. An error is reported, not raised."""
+    try:
+        if huey is None:
+            from app.queue import get_huey
+            huey = get_huey()
+        storage = huey.storage
+        pipe = storage.conn.pipeline(transaction=False)
+        pipe.zcard(storage.queue_key)
+        pipe.zcard(storage.schedule_key)
+        queued, scheduled = pipe.execute()
+        return {"ok": True, "queued": queued, "scheduled": scheduled}
+    except Exception as exc:  # noqa: BLE001 - status must still show the ledger when Redis is down
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def throughput(stamp: datetime.datetime) -> dict:
+    """Jobs finished (succeeded or dead) per minute over the last 1, 5 and 15 minutes; one range scan on the
+    finished_at index."""
+    since = {m: stamp - datetime.timedelta(minutes=m) for m in THROUGHPUT_WINDOWS}
+    columns = [fn.SUM(peewee.Case(None, [(Job.finished_at >= since[m], 1)], 0)) for m in THROUGHPUT_WINDOWS]
+    row = Job.select(*columns).where(Job.finished_at >= since[max(THROUGHPUT_WINDOWS)],
+                                     Job.state.in_(PROCESSED)).tuples().first() or ()
+    return {f"{m}m": round(int(row[i] or 0) / m, 2) if row else 0.0 for i, m in enumerate(THROUGHPUT_WINDOWS)}
+
+
+# -- tasks ---------------------------------------------------------------------------------------------------------
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile of already sorted values."""
+    if not values:
+        return None
+    rank = max(1, min(len(values), int(round(q / 100 * len(values) + 0.5))))
+    return values[rank - 1]
+
+
+def recent_durations(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
+                     limit: int = SAMPLE_LIMIT) -> dict[str, list[float]]:
+    """Durations of the most recent jobs that finished within the window, by task (bounded by `limit`)."""
+    since = stamp - datetime.timedelta(seconds=window)
+    by_task: dict[str, list[float]] = {}
+    query = (Job.select(Job.task, Job.duration)
+             .where(Job.finished_at >= since, Job.state.in_(PROCESSED), Job.duration.is_null(False))
+             .order_by(Job.finished_at.desc()).limit(limit).tuples())
+    for task, duration in query:
+        by_task.setdefault(task, []).append(float(duration))
+    return by_task
+
+
+def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS) -> list[dict]:
+    """Per task: jobs finished in the window by outcome, success rate, p50/p95 duration, jobs running and
+    waiting now, and its last failure (the most recent job that went dead)."""
+    since = stamp - datetime.timedelta(seconds=window)
+    tasks: dict[str, dict] = {}
+
+    def entry(name: str) -> dict:
+        return tasks.setdefault(name, {"task": name, "finished": 0, "succeeded": 0, "dead": 0, "canceled": 0,
+                                       "expired": 0, "success_rate": None, "p50": None, "p95": None,
+                                       "running": 0, "waiting": 0, "last_failure": None})
+
+    for name, state, count in (Job.select(Job.task, Job.state, fn.COUNT(Job.id))
+                               .where(Job.finished_at >= since).group_by(Job.task, Job.state).tuples()):
+        if state in ("succeeded", "dead", "canceled", "expired"):
+            entry(name)[state] += count
+            entry(name)["finished"] += count
+    for name, state, count in (Job.select(Job.task, Job.state, fn.COUNT(Job.id))
+                               .where(Job.state.in_(WAITING + ("running",))).group_by(Job.task, Job.state).tuples()):
+        entry(name)["running" if state == "running" else "waiting"] += count
+    for name, durations in recent_durations(stamp, window).items():
+        durations.sort()
+        e = entry(name)
+        e["p50"], e["p95"] = percentile(durations, 50), percentile(durations, 95)
+        e["sampled"] = len(durations)
+    for e in tasks.values():
+        outcomes = e["succeeded"] + e["dead"]
+        e["success_rate"] = round(e["succeeded"] / outcomes, 4) if outcomes else None
+        row = (Job.select(Job.id, Job.finished_at, Job.attempt, Job.error, Job.reason)
+               .where(Job.state == "dead", Job.task == e["task"])
+               .order_by(Job.finished_at.desc()).limit(1).tuples().first())
+        if row:
+            job_id, finished, attempt, error, reason = row
+            e["last_failure"] = {"job_id": job_id, "at": _iso(_dt(finished)), "attempt": attempt,
+                                 "error": error or reason}
+    return sorted(tasks.values(), key=lambda e: (-(e["finished"] + e["running"] + e["waiting"]), e["task"]))
+
+
+# -- workers -------------------------------------------------------------------------------------------------------
+
+def worker_status(beat: WorkerBeat, stamp: datetime.datetime, limit: float) -> str:
+    """stopped (said goodbye), gone (stopped beating: killed or hung) or alive."""
+    if beat.stopped_at is not None:
+        return "stopped"
+    return "gone" if (stamp - beat.last_seen).total_seconds() > limit else "alive"
+
+
+def workers(stamp: datetime.datetime, queue: str | None = None, settings: config.Settings | None = None,
+            shown_for: float = WORKERS_SHOWN_FOR) -> list[dict]:
+    """Consumers of the queue that beat recently (alive ones, and stopped or gone ones for `shown_for` s)."""
+    settings = settings or config.get()
+    queue = queue or settings.queue
+    limit = gone_after(settings)
+    since = stamp - datetime.timedelta(seconds=max(shown_for, limit))
+    rows = (WorkerBeat.select().where(WorkerBeat.queue == queue, WorkerBeat.last_seen >= since)
+            .order_by(WorkerBeat.started_at.desc()).limit(200))
+    result = []
+    for beat in rows:
+        try:
+            current = json.loads(beat.current or "[]")
+        except ValueError:
+            current = []
+        for job in current:
+            since_job = _dt(job.get("since"))
+            job["running_for"] = round((stamp - since_job).total_seconds(), 3) if since_job else None
+        result.append({
+            "id": beat.id, "host": beat.host, "pid": beat.pid, "queue": beat.queue,
+            "status": worker_status(beat, stamp, limit), "started_at": _iso(beat.started_at),
+            "uptime": round((beat.last_seen - beat.started_at).total_seconds(), 3),
+            "last_seen": _iso(beat.last_seen), "heartbeat_age": round((stamp - beat.last_seen).total_seconds(), 3),
+            "stopped_at": _iso(beat.stopped_at), "rss_bytes": beat.rss_bytes, "jobs_done": beat.jobs_done,
+            "current": current,
+        })
+    order = {"alive": 0, "gone": 1, "stopped": 2}
+    result.sort(key=lambda w: (order[w["status"]], w["id"]))
+    return result
+
+
+def alive_workers(stamp: datetime.datetime, queue: str, settings: config.Settings,
+                  host: str | None = None) -> tuple[int, WorkerBeat | None]:
+    """(consumers of `queue` with a fresh heartbeat, the most recent beat of any consumer of it)."""
+    fresh = stamp - datetime.timedelta(seconds=gone_after(settings))
+    where = (WorkerBeat.queue == queue)
+    if host:
+        where &= WorkerBeat.host == host
+    alive = WorkerBeat.select().where(where, WorkerBeat.stopped_at.is_null(), WorkerBeat.last_seen >= fresh).count()
+    latest = WorkerBeat.select().where(where).order_by(WorkerBeat.last_seen.desc()).first()
+    return alive, latest
+
+
+# -- everything ----------------------------------------------------------------------------------------------------
+
+def snapshot(settings: config.Settings | None = None, window: float = WINDOW_SECONDS, huey: Any = None) -> dict:
+    """The whole picture, as plain JSON-able data (the shape of `nightshift status --json`)."""
+    from app.db import init as init_db
+    settings = settings or config.get()
+    init_db()
+    stamp = now()
+    queue = {"name": settings.queue, **queue_counts(stamp), "redis": redis_counts(huey)}
+    return {
+        "generated_at": _iso(stamp),
+        "window_seconds": window,
+        "gone_after_seconds": gone_after(settings),
+        "queues": [queue],
+        "throughput_per_minute": throughput(stamp),
+        "tasks": task_stats(stamp, window),
+        "workers": workers(stamp, settings.queue, settings),
+    }
+
+
+# -- health --------------------------------------------------------------------------------------------------------
+
+def health(settings: config.Settings | None = None, this_host: bool = False) -> tuple[bool, str]:
+    """(healthy, one line): Redis answers, the ledger answers, and a consumer of the queue beats."""
+    from app.worker import check_database, check_redis
+    settings = settings or config.get()
+    problem = check_redis(settings) or check_database(settings)
+    if problem:
+        return False, problem
+    host = socket.gethostname() if this_host else None
+    where = f" on host {host}" if host else ""
+    stamp = now()
+    alive, latest = alive_workers(stamp, settings.queue, settings, host)
+    if alive:
+        return True, f"ok: Redis and the ledger answer; {alive} consumer(s) alive on queue {settings.queue!r}{where}"
+    if latest is None:
+        return False, f"no consumer has ever run on queue {settings.queue!r}{where}; start one with `nightshift worker`"
+    age = (stamp - latest.last_seen).total_seconds()
+    how = "stopped" if latest.stopped_at is not None else "gone: no heartbeat"
+    return False, (f"no live consumer on queue {settings.queue!r}{where}: the last one ({latest.id}) is {how} "
+                   f"since {age:.1f}s (a consumer counts as alive for {gone_after(settings):g}s after a heartbeat)")
