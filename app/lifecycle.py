@@ -129,7 +129,8 @@ def after_execute(huey: NightshiftHuey, task: Task, value: Any, exc: BaseExcepti
         if ledger.mark_retrying(task.id, attempt, duration, error, tb, eta, task.retries - 1, delay):
             task.attempt = attempt + 1
             events.emit("retrying", task.id, name, logging.WARNING, attempt=attempt, duration=round(duration, 6),
-                        error=error, retries_left=task.retries - 1, eta=eta.isoformat() if eta else None)
+                        error=error, retries_left=task.retries - 1, eta=eta.isoformat() if eta else None,
+                        worker=WORKER_ID)
         return
     if isinstance(exc, CancelExecution):
         reason = "the task gave up (permanent error, not retried)"
@@ -139,7 +140,7 @@ def after_execute(huey: NightshiftHuey, task: Task, value: Any, exc: BaseExcepti
         reason = f"failed on attempt {attempt} with no retries left"
     if ledger.mark_dead(task.id, reason, error, tb, attempt=attempt, duration=duration):
         events.emit("dead", task.id, name, logging.ERROR, attempt=attempt, duration=round(duration, 6),
-                    error=error, reason=reason)
+                    error=error, reason=reason, worker=WORKER_ID)
 
 
 def on_interrupted(huey: NightshiftHuey, task: Task) -> None:
