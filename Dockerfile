@@ -69,9 +69,10 @@ USER 10001:10001
 #   docker run --stop-timeout 40 / docker stop -t 40 / compose stop_grace_period: 40s / k8s terminationGracePeriodSeconds: 40
 STOPSIGNAL SIGTERM
 
-# `nightshift health` exits 0 when Redis and the ledger answer and this host's consumer heartbeat is fresh.
+# `nightshift health --this-host` exits 0 when Redis and the ledger answer and the heartbeat of a consumer on this
+# host (the container's hostname: its own consumer, not another replica's) is fresh.
 # (Producer containers started with `nightshift ...` run once and exit; the check only matters for consumers.)
-HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["nightshift", "health"]
+HEALTHCHECK --interval=30s --timeout=10s --start-period=30s --retries=3 CMD ["nightshift", "health", "--this-host"]
 
 # run_worker.sh execs `nightshift worker ARGS` (so the consumer is the main process and gets SIGTERM itself), or execs the
 # given command when the first argument is one (e.g. `nightshift submit ...`, `sh`).

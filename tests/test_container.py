@@ -97,7 +97,7 @@ def test_image_builds_small_and_non_root(image, capsys):
     assert config["StopSignal"] == "SIGTERM"
     assert config["Entrypoint"] == ["run_worker.sh"]
     healthcheck = inspect.get("Healthcheck") or config.get("Healthcheck") or {}     # podman puts it at the top
-    assert healthcheck.get("Test") == ["CMD", "nightshift", "health"], inspect
+    assert healthcheck.get("Test") == ["CMD", "nightshift", "health", "--this-host"], inspect
     assert "NIGHTSHIFT_DATABASE_URL=sqlite:////data/nightshift.db" in config["Env"]
     assert "/data" in config["Volumes"]
     # Nothing from the repository beyond the package: no tests, no .git, no venv, no data.

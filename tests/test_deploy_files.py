@@ -36,12 +36,14 @@ def _seconds(value) -> float:
 
 
 def _dockerfile_instructions() -> list[tuple[str, str]]:
-    text = (ROOT / "Dockerfile").read_text()
-    text = re.sub(r"\\\n(\s*#[^\n]*\n)*", " ", text)            # join continuation lines
+    # As Docker parses it: whole-line comments go first (also inside continuations), then lines ending in a
+    # backslash are joined.
+    lines = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if not line.lstrip().startswith("#")]
+    text = re.sub(r"\\\n", " ", "\n".join(lines))
     out = []
     for line in text.splitlines():
         line = line.strip()
-        if line and not line.startswith("#"):
+        if line:
             keyword, _, rest = line.partition(" ")
             out.append((keyword.upper(), rest.strip()))
     return out
@@ -76,7 +78,7 @@ def test_dockerfile_base_user_signal_health_entrypoint():
     user = keywords["USER"]
     assert user.split(":")[0] not in ("root", "0"), "the image must not run as root"
     assert keywords["STOPSIGNAL"] == "SIGTERM"
-    assert re.search(r'CMD \["nightshift", "health"\]$', keywords["HEALTHCHECK"])
+    assert re.search(r'CMD \["nightshift", "health", "--this-host"\]$', keywords["HEALTHCHECK"])
     assert keywords["ENTRYPOINT"] == '["run_worker.sh"]'
     assert keywords["VOLUME"] == '["/data"]'
     assert "NIGHTSHIFT_DATABASE_URL=sqlite:////data/nightshift.db" in keywords["ENV"]
