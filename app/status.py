@@ -91,9 +91,12 @@ def throughput(stamp: datetime.datetime) -> dict:
     """Jobs finished (succeeded or dead) per minute over the last 1, 5 and 15 minutes; one range scan on the
     finished_at index."""
     since = {m: stamp - datetime.timedelta(minutes=m) for m in THROUGHPUT_WINDOWS}
-    columns = [fn.SUM(peewee.Case(None, [(Job.finished_at >= since[m], 1)], 0)) for m in THROUGHPUT_WINDOWS]
-    row = Job.select(*columns).where(Job.finished_at >= since[max(THROUGHPUT_WINDOWS)],
-                                     Job.state.in_(PROCESSED)).tuples().first() or ()
+    # The state test is inside the sums, not in WHERE, so that the planner (SQLite has no statistics) ranges
+    # over the finished_at index rather than over every succeeded job in the state index.
+    processed = Job.state.in_(PROCESSED)
+    columns = [fn.SUM(peewee.Case(None, [((Job.finished_at >= since[m]) & processed, 1)], 0))
+               for m in THROUGHPUT_WINDOWS]
+    row = Job.select(*columns).where(Job.finished_at >= since[max(THROUGHPUT_WINDOWS)]).tuples().first() or ()
     return {f"{m}m": round(int(row[i] or 0) / m, 2) if row else 0.0 for i, m in enumerate(THROUGHPUT_WINDOWS)}
 
 
@@ -112,11 +115,12 @@ def recent_durations(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
     """Durations of the most recent jobs that finished within the window, by task (bounded by `limit`)."""
     since = stamp - datetime.timedelta(seconds=window)
     by_task: dict[str, list[float]] = {}
-    query = (Job.select(Job.task, Job.duration)
-             .where(Job.finished_at >= since, Job.state.in_(PROCESSED), Job.duration.is_null(False))
+    query = (Job.select(Job.task, Job.state, Job.duration)
+             .where(Job.finished_at >= since, Job.duration.is_null(False))  # finished_at index (see throughput)
              .order_by(Job.finished_at.desc()).limit(limit).tuples())
-    for task, duration in query:
-        by_task.setdefault(task, []).append(float(duration))
+    for task, state, duration in query:
+        if state in PROCESSED:
+            by_task.setdefault(task, []).append(float(duration))
     return by_task
 
 
@@ -131,11 +135,15 @@ def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS) -> list
                                        "expired": 0, "success_rate": None, "p50": None, "p95": None,
                                        "running": 0, "waiting": 0, "last_failure": None})
 
-    for name, state, count in (Job.select(Job.task, Job.state, fn.COUNT(Job.id))
-                               .where(Job.finished_at >= since).group_by(Job.task, Job.state).tuples()):
-        if state in ("succeeded", "dead", "canceled", "expired"):
-            entry(name)[state] += count
-            entry(name)["finished"] += count
+    outcomes = ("succeeded", "dead", "canceled", "expired")
+    # Grouped by task only (not by state), so the planner ranges over the finished_at index.
+    sums = [fn.SUM(peewee.Case(None, [(Job.state == outcome, 1)], 0)) for outcome in outcomes]
+    for name, *counts in (Job.select(Job.task, *sums).where(Job.finished_at >= since)
+                          .group_by(Job.task).tuples()):
+        e = entry(name)
+        for outcome, count in zip(outcomes, counts):
+            e[outcome] += int(count or 0)
+            e["finished"] += int(count or 0)
     for name, state, count in (Job.select(Job.task, Job.state, fn.COUNT(Job.id))
                                .where(Job.state.in_(WAITING + ("running",))).group_by(Job.task, Job.state).tuples()):
         entry(name)["running" if state == "running" else "waiting"] += count
