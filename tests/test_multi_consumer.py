@@ -52,11 +52,15 @@ def test_three_consumers_drain_5000_jobs_once_each(multi_env, start_worker, caps
         logs = "\n".join(f"--- {w.log_path.name} (alive={w.alive()})\n{w.log()[-1500:]}" for w in workers)
         return f"{dict(counts)}\n{logs}"
 
-    deadline = time.monotonic() + float(os.environ.get("NIGHTSHIFT_TEST_MULTI_TIMEOUT", "300"))
-    while finished() < JOBS:
-        assert time.monotonic() < deadline, f"not drained in time: {progress()}"
+    # Fail on a stall (no job finished for STALL seconds), not on a fixed total: a busy 2-core CI machine is slow.
+    stall = float(os.environ.get("NIGHTSHIFT_TEST_MULTI_STALL", "120"))
+    done, last_change = 0, time.monotonic()
+    while done < JOBS:
         assert all(w.alive() for w in workers), f"a consumer died: {progress()}"
+        assert time.monotonic() - last_change < stall, f"no job finished for {stall:g}s: {progress()}"
         time.sleep(0.5)
+        if (now_done := finished()) != done:
+            done, last_change = now_done, time.monotonic()
     took = time.monotonic() - started
 
     # None lost: every submitted job is in the ledger and succeeded; nothing is left in Redis.
