@@ -157,6 +157,22 @@ class Settings:
                                       "alert when more jobs than this went dead in the window (0: off)")
     alert_window: float = setting("NIGHTSHIFT_ALERT_WINDOW", 900.0, _float(1),
                                   "seconds over which failure rate and dead letters are counted")
+    smtp_url: str = setting("NIGHTSHIFT_SMTP_URL", "smtp://localhost:25", _url("smtp", "smtps"),
+                            "SMTP server for e-mail tasks: smtp://user:pass@host:port?starttls=1, or smtps://")
+    email_from: str = setting("NIGHTSHIFT_EMAIL_FROM", "nightshift@localhost", _str,
+                              "default From address of e-mail tasks")
+    email_rate: float = setting("NIGHTSHIFT_EMAIL_RATE", 10.0, _float(0),
+                                "e-mails per second a batch is spread over, and per worker process (0: no limit)")
+    webhook_secret: str = setting("NIGHTSHIFT_WEBHOOK_SECRET", "", _str,
+                                  "HMAC-SHA256 key that signs webhook deliveries (unsigned when empty)")
+    webhook_allow_private: bool = setting("NIGHTSHIFT_WEBHOOK_ALLOW_PRIVATE", False, _bool,
+                                          "let webhooks reach private, loopback and link-local addresses")
+    webhook_timeout: float = setting("NIGHTSHIFT_WEBHOOK_TIMEOUT", 10.0, _float(0.1),
+                                     "seconds a webhook receiver gets to answer")
+    pull_rate: float = setting("NIGHTSHIFT_PULL_RATE", 5.0, _float(0),
+                               "requests per second an API pull makes (0: no limit)")
+    pull_allow_private: bool = setting("NIGHTSHIFT_PULL_ALLOW_PRIVATE", False, _bool,
+                                       "let API pulls reach private, loopback and link-local addresses")
     sentry_dsn: str = setting("SENTRY_DSN", "", _str, "send task errors to Sentry when set")
     sentry_every_attempt: bool = setting("NIGHTSHIFT_SENTRY_EVERY_ATTEMPT", False, _bool,
                                          "report every failed attempt, not only the final failure")

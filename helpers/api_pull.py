@@ -131,7 +131,7 @@ def pull_pages(database: peewee.Database, url: str, name: str | None = None, id_
     Record = dbh.bind(PulledRecord, database)
     limiter = RateLimiter(rate)
 
-    with database.atomic():
+    with dbh.writing(database):
         cursor = Cursor.get_or_none(Cursor.name == name)
         if cursor is None:
             cursor = Cursor.create(name=name, start_url=url, next_url=url, updated_at=_now())
@@ -150,7 +150,7 @@ def pull_pages(database: peewee.Database, url: str, name: str | None = None, id_
         if following == next_url:
             raise PermanentError(f"page {next_url} names itself as the next page")
         rows, bad = _rows(name, items, id_key)
-        with database.atomic():
+        with dbh.writing(database):
             for start in range(0, len(rows), 500):
                 (Record.insert_many(rows[start:start + 500])
                  .on_conflict(conflict_target=[Record.pull, Record.record_id],

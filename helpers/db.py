@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import peewee
 
@@ -50,7 +50,7 @@ def ensure_table(model: type[peewee.Model]) -> None:
         if name in done:
             return
     try:
-        with database.atomic():
+        with writing(database):
             database.create_tables([model], safe=True)
     except (peewee.IntegrityError, peewee.ProgrammingError):
         # PostgreSQL: two processes creating the same table at once; the loser sees a duplicate type.
@@ -58,6 +58,15 @@ def ensure_table(model: type[peewee.Model]) -> None:
             raise
     with _lock:
         _created.setdefault(database, set()).add(name)
+
+
+def writing(database: peewee.Database) -> Any:
+    """A transaction that will write. On SQLite it is BEGIN IMMEDIATE: the write lock is taken up front, waiting
+    out other writers (busy timeout), instead of a read-then-write transaction failing at once with "database is
+    locked" because another connection wrote in between (WAL snapshots cannot be upgraded)."""
+    if isinstance(database, peewee.SqliteDatabase):
+        return database.atomic(lock_type="IMMEDIATE")
+    return database.atomic()
 
 
 def forget(database: peewee.Database) -> None:

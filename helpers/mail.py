@@ -347,7 +347,7 @@ def send_email(database: peewee.Database, smtp_url: str, batch_id: str, to: str,
     try:
         claim = str(uuid.uuid4())
         try:
-            with database.atomic():
+            with dbh.writing(database):
                 Sent.create(batch=batch_id, recipient=key, state="sending", claimed_at=_now(), claim=claim)
         except peewee.IntegrityError:
             existing = Sent.get_or_none((Sent.batch == batch_id) & (Sent.recipient == key))

@@ -182,7 +182,7 @@ def _upsert(database: peewee.Database, Record: type[StoredRecord], dataset: str,
     Reading first is what lets the report tell inserted from updated from unchanged on SQLite and PostgreSQL
     alike, and makes a re-run of the same file a read-only pass.
     """
-    with database.atomic():
+    with dbh.writing(database):
         stored = dict(Record.select(Record.key, Record.data)
                       .where((Record.dataset == dataset) & (Record.key.in_([k for k, _ in batch]))).tuples())
         now = _now()

@@ -102,4 +102,4 @@ def test_bulk_import_100k_rows_twice(database, tmp_path: Path) -> None:
     assert (second["inserted"], second["updated"], second["unchanged"], second["rejected"]) == (
         0, 0, good, len(bad))
     assert records.dataset_count(database, "people") == good
-    assert time.monotonic() - started < 20, f"two imports took {time.monotonic() - started:.1f}s"
+    assert time.monotonic() - started < 60, f"two imports took {time.monotonic() - started:.1f}s"  # ~10 s idle
