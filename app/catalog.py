@@ -40,15 +40,22 @@ def task(**options: Any) -> Callable[[Callable], TaskWrapper]:
 def periodic_task(validate_datetime: Callable, **options: Any) -> Callable[[Callable], TaskWrapper]:
     """Register a task that the scheduler enqueues whenever `validate_datetime` (e.g. huey's crontab) matches."""
     options.setdefault("store_result", False)
-    wrapper = _registering(get_huey().periodic_task(validate_datetime, **options))
-    return wrapper
+    register = _registering(get_huey().periodic_task(validate_datetime, **options))
+
+    def keep_schedule(func: Callable) -> TaskWrapper:
+        wrapper = register(func)
+        wrapper.task_class.periodic_schedule = staticmethod(validate_datetime)  # shown by `nightshift schedule`
+        return wrapper
+    return keep_schedule
 
 
 def load_task_modules(modules: tuple[str, ...] | None = None) -> None:
-    """Import the modules named by NIGHTSHIFT_TASK_MODULES so their tasks register."""
+    """Import the modules named by NIGHTSHIFT_TASK_MODULES so their tasks register (after Nightshift's own
+    built-in periodic tasks: cleanup and backlog watch)."""
     global _loaded
     if _loaded and modules is None:
         return
+    importlib.import_module("app.builtin_tasks")
     for name in modules or config.get().task_modules:
         try:
             importlib.import_module(name)

@@ -20,6 +20,7 @@ import config
 from app import ledger, lifecycle
 from app.db import init as init_db
 from app.models import WorkerBeat
+from app.schedule import TickScheduler
 
 log = logging.getLogger("nightshift.worker")
 
@@ -86,7 +87,12 @@ def start_keeper(queue: str) -> None:
 
 
 class Maintenance(threading.Thread):
-    """Runs recovery every NIGHTSHIFT_RECOVERY_INTERVAL, in one consumer at a time (a Redis lock per run)."""
+    """Runs recovery every NIGHTSHIFT_RECOVERY_INTERVAL, in one consumer at a time (a Redis lock per run).
+
+    The lock (SET NX PX 0.9 x interval) is the same once-per-period-across-consumers rule as the periodic
+    tick key (app.schedule): whichever consumer takes it runs recovery for that interval; if it dies the lock
+    expires and another consumer runs the next one. Recovery stays here rather than being a periodic task
+    because it must run even when the queue is too blocked to deliver a periodic job."""
 
     def __init__(self, huey) -> None:
         super().__init__(name="nightshift-maintenance", daemon=True)
@@ -110,6 +116,9 @@ class Maintenance(threading.Thread):
 
 
 class NightshiftConsumer(Consumer):
+    # Periodic tasks: one consumer per tick enqueues them, however many consumers run (app.schedule).
+    scheduler_class = TickScheduler
+
     def __init__(self, huey, **options) -> None:
         options.setdefault("graceful_signal", "TERM")
         super().__init__(huey, **options)

@@ -1,0 +1,30 @@
+"""Nightshift's own periodic tasks, loaded by every worker before NIGHTSHIFT_TASK_MODULES.
+
+Each run is a job in the ledger like any other (retries, dead letters, `nightshift list --task ...`).
+NIGHTSHIFT_CLEANUP_CRON (default hourly, "0 * * * *") and NIGHTSHIFT_BACKLOG_CRON (default every minute)
+set when they run; "off" leaves a task out of the schedule (`nightshift cleanup` still works by hand).
+"""
+from __future__ import annotations
+
+import config
+from app.catalog import periodic_task
+from app.schedule import parse
+
+_settings = config.get()
+
+if _settings.cleanup_cron != "off":
+    @periodic_task(parse(_settings.cleanup_cron), retries=1, retry_delay=60, name="nightshift_cleanup")
+    def nightshift_cleanup() -> dict:
+        """Remove expired results, finished jobs past retention, stale locks and flags (see app.cleanup)."""
+        from app import cleanup
+        return cleanup.run().as_dict()
+
+if _settings.backlog_cron != "off":
+    # High priority: the watch must not wait behind the backlog it watches.
+    @periodic_task(parse(_settings.backlog_cron), priority=100, name="nightshift_backlog_watch")
+    def nightshift_backlog_watch() -> dict:
+        """Measure the backlog and open or clear alerts past the NIGHTSHIFT_ALERT_* thresholds."""
+        from app import backlog
+        result = backlog.check()
+        return {"active": result["active"], "opened": result["opened"], "cleared": result["cleared"],
+                "queued": result["snapshot"]["queued"]}

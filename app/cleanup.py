@@ -1,0 +1,302 @@
+"""Cleanup: remove what is dead, on a schedule (built-in periodic task) or by hand (`nightshift cleanup`).
+
+What goes:
+- ledger rows of finished jobs past retention (succeeded: NIGHTSHIFT_RETAIN_SUCCEEDED_DAYS; dead, canceled,
+  expired: NIGHTSHIFT_RETAIN_FAILED_DAYS), with their attempts;
+- raw-message previews of dead letters past NIGHTSHIFT_RETAIN_PREVIEW_DAYS (the dead letter itself stays);
+- heartbeat rows of workers stopped or silent for NIGHTSHIFT_RETAIN_WORKERS_DAYS;
+- stored results (`huey.r.{queue}.{job id}`) without a TTL, or whose job is no longer in the ledger;
+- revocation flags (`huey.r.{queue}.r:{job id}`) of jobs that can no longer run (finished or unknown);
+- task locks (`huey.r.{queue}.{queue}.lock.{name}`) whose recorded holder (app.locks) is gone or which are
+  older than NIGHTSHIFT_LOCK_MAX_AGE; a lock without a recorded holder is removed when no worker of the queue is
+  alive, and otherwise given NIGHTSHIFT_LOCK_MAX_AGE as a TTL so it cannot outlive that.
+
+How: in batches of NIGHTSHIFT_CLEANUP_BATCH (one short transaction per batch of rows; SCAN ... COUNT and
+pipelined UNLINK for keys), so a large cleanup never holds the database or Redis for long. Every delete is
+idempotent and re-checks its condition where it is applied (DELETE ... WHERE, compare-and-delete scripts in
+Redis), so two cleanups at once remove each thing once between them and report only what each removed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import logging
+import re
+import time
+
+from peewee import fn
+
+import config
+from app import ledger
+from app.db import init as init_db
+from app.models import Attempt, Job, WorkerBeat
+from app.queue import NightshiftHuey, get_huey
+
+log = logging.getLogger("nightshift.cleanup")
+
+SUCCEEDED = ("succeeded",)
+FAILED = ("dead", "canceled", "expired")
+CAN_STILL_RUN = ("queued", "retrying", "running")
+JOB_ID = re.compile(rb"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+# Scripts over one batch of keys (one round trip per batch; each runs for about a millisecond).
+# Sizes: TTL and value length of each key.
+SIZES = """local out = {}
+for i, key in ipairs(KEYS) do out[2 * i - 1] = redis.call('ttl', key); out[2 * i] = redis.call('strlen', key) end
+return out"""
+# Delete, re-checking at the moment of deletion what the key was judged stale for (no read-modify-write race):
+# ARGV[i] is "any", "no-ttl" (only if it still has no TTL) or "=" followed by the value it must still have.
+UNLINK_CHECKED = """local out = {}
+for i, key in ipairs(KEYS) do
+  local how, done = ARGV[i], 0
+  if how == 'any' then done = redis.call('unlink', key)
+  elseif how == 'no-ttl' then if redis.call('ttl', key) == -1 then done = redis.call('unlink', key) end
+  elseif redis.call('get', key) == string.sub(how, 2) then done = redis.call('unlink', key) end
+  out[i] = done
+end
+return out"""
+
+
+@dataclasses.dataclass
+class Report:
+    """What one cleanup removed (or, with dry_run, would remove)."""
+    dry_run: bool = False
+    jobs_succeeded: int = 0
+    jobs_failed: int = 0
+    attempts: int = 0
+    ledger_bytes: int = 0
+    previews: int = 0
+    previews_bytes: int = 0
+    workers: int = 0
+    results: int = 0
+    results_bytes: int = 0
+    revoke_flags: int = 0
+    revoke_flags_bytes: int = 0
+    locks: int = 0
+    locks_bytes: int = 0
+    locks_bounded: int = 0
+    keys_scanned: int = 0
+    seconds: float = 0.0
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.ledger_bytes + self.previews_bytes + self.results_bytes + self.revoke_flags_bytes \
+            + self.locks_bytes
+
+    def as_dict(self) -> dict:
+        return dict(dataclasses.asdict(self), bytes_freed=self.bytes_freed)
+
+    def summary(self) -> str:
+        verb = "would remove" if self.dry_run else "removed"
+        return (f"{verb}: {self.jobs_succeeded} succeeded and {self.jobs_failed} dead/canceled/expired jobs "
+                f"({self.attempts} attempts), {self.previews} dead-letter previews, {self.workers} worker rows, "
+                f"{self.results} results, {self.revoke_flags} revocation flags, {self.locks} stale locks; "
+                f"{self.bytes_freed} bytes freed{' (estimated)' if self.dry_run else ''}; "
+                f"{self.locks_bounded} lock(s) without holder given a TTL; {self.seconds:.2f}s")
+
+
+def days_ago(now: datetime.datetime, days: float) -> datetime.datetime:
+    return now - datetime.timedelta(days=days)
+
+
+# -- ledger --------------------------------------------------------------------------------------------------------
+
+def _count_finished(before: datetime.datetime, states: tuple[str, ...]) -> tuple[int, int, int]:
+    finished = Job.state.in_(states) & (Job.finished_at < before)
+    jobs, size = Job.select(fn.COUNT(Job.id), fn.SUM(ledger.row_bytes(Job, ledger.TEXT_COLUMNS))) \
+        .where(finished).tuples().first()
+    attempts, attempt_size = Attempt.select(
+        fn.COUNT(Attempt.job_id), fn.SUM(ledger.row_bytes(Attempt, ("job_id", "worker", "error")))).where(
+        Attempt.job_id.in_(Job.select(Job.id).where(finished))).tuples().first()
+    return int(jobs or 0), int(attempts or 0), int(size or 0) + int(attempt_size or 0)
+
+
+def clean_ledger(report: Report, now: datetime.datetime, settings: config.Settings) -> None:
+    """Finished jobs past retention (with their attempts), then dead-letter previews, then old worker rows."""
+    for states, days, field in ((SUCCEEDED, settings.retain_succeeded_days, "jobs_succeeded"),
+                                (FAILED, settings.retain_failed_days, "jobs_failed")):
+        before = days_ago(now, days)
+        if report.dry_run:
+            jobs, attempts, size = _count_finished(before, states)
+        else:
+            jobs = attempts = size = 0
+            while True:  # until a batch finds nothing: a concurrent cleanup may take part of ours
+                done, history, freed = ledger.delete_finished(before, states, settings.cleanup_batch)
+                if not done:
+                    break
+                jobs, attempts, size = jobs + done, attempts + history, size + freed
+        setattr(report, field, getattr(report, field) + jobs)
+        report.attempts += attempts
+        report.ledger_bytes += size
+
+    before = days_ago(now, settings.retain_preview_days)
+    if report.dry_run:
+        old = (Job.state == "dead") & Job.raw.is_null(False) & (Job.raw != ledger.PREVIEW_REMOVED) \
+            & (Job.finished_at < before) & (Job.finished_at >= days_ago(now, settings.retain_failed_days))
+        count, size = Job.select(fn.COUNT(Job.id), fn.SUM(fn.LENGTH(Job.raw).coerce(False))).where(old) \
+            .tuples().first()
+        report.previews += int(count or 0)
+        report.previews_bytes += max(int(size or 0) - int(count or 0) * len(ledger.PREVIEW_REMOVED), 0)
+    else:
+        while True:
+            done, freed = ledger.drop_previews(before, settings.cleanup_batch)
+            if not done:
+                break
+            report.previews += done
+            report.previews_bytes += freed
+
+    before = days_ago(now, settings.retain_workers_days)
+    gone = (WorkerBeat.stopped_at < before) | (WorkerBeat.last_seen < before)
+    if report.dry_run:
+        report.workers += WorkerBeat.select().where(gone).count()
+    else:
+        while True:
+            ids = [row[0] for row in WorkerBeat.select(WorkerBeat.id).where(gone).limit(settings.cleanup_batch)
+                   .tuples()]
+            if not ids:
+                break
+            report.workers += WorkerBeat.delete().where(WorkerBeat.id.in_(ids), gone).execute()
+
+
+# -- Redis ---------------------------------------------------------------------------------------------------------
+
+def alive_workers(queue: str, now: datetime.datetime, settings: config.Settings) -> set[str]:
+    """Workers of `queue` that have not stopped and beat recently (3 heartbeats, at least 30 s)."""
+    since = now - datetime.timedelta(seconds=max(3 * settings.heartbeat_seconds, 30.0))
+    return {row[0] for row in WorkerBeat.select(WorkerBeat.id).where(
+        WorkerBeat.queue == queue, WorkerBeat.stopped_at.is_null(), WorkerBeat.last_seen >= since).tuples()}
+
+
+def _glob_escape(text: bytes) -> bytes:
+    return re.sub(rb"([*?\[\]\\])", rb"\\\1", text)
+
+
+def _lock_holder(huey: NightshiftHuey, raw: bytes) -> dict | None:
+    try:
+        value = huey.serializer.deserialize(raw)
+    except Exception:  # noqa: BLE001 - a lock value Nightshift did not write: no holder known
+        return None
+    return value if isinstance(value, dict) and "holder" in value else None
+
+
+def _past_retention(state: str, finished_at: datetime.datetime | None, now: datetime.datetime,
+                    settings: config.Settings) -> bool:
+    if finished_at is None:
+        return False
+    if isinstance(finished_at, str):
+        finished_at = datetime.datetime.fromisoformat(finished_at)
+    if state in SUCCEEDED:
+        return finished_at < days_ago(now, settings.retain_succeeded_days)
+    return state in FAILED and finished_at < days_ago(now, settings.retain_failed_days)
+
+
+def clean_redis(report: Report, huey: NightshiftHuey, now: datetime.datetime, settings: config.Settings) -> None:
+    storage = huey.storage
+    conn = storage.conn
+    prefix = storage.result_prefix
+    lock_prefix = f"{huey.name}.lock.".encode()
+    sizes_of = conn.register_script(SIZES)
+    unlink_checked = conn.register_script(UNLINK_CHECKED)
+    alive = alive_workers(huey.name, now, settings)
+    wall = time.time()
+
+    def handle(keys: list[bytes]) -> None:
+        results, flags, locks = [], [], []
+        for key in keys:
+            suffix = key[len(prefix):]
+            if suffix.startswith(lock_prefix):
+                locks.append(key)
+            elif suffix.startswith(b"r:") and JOB_ID.match(suffix[2:]):
+                flags.append((key, suffix[2:].decode()))
+            elif JOB_ID.match(suffix):
+                results.append((key, suffix.decode()))
+            # anything else in the namespace (task-wide revocations "rt:", other tools' keys) is left alone
+        ids = [job_id for _, job_id in results + flags]
+        rows = Job.select(Job.id, Job.state, Job.finished_at).where(Job.id.in_(ids)).tuples() if ids else []
+        # A dry run did not delete the jobs past retention: count their results and flags as orphans anyway.
+        states = {job_id: state for job_id, state, finished_at in rows
+                  if not (report.dry_run and _past_retention(state, finished_at, now, settings))}
+
+        measured = [key for key, _ in results + flags]
+        answers = iter(sizes_of(keys=measured) if measured else [])
+        pipe = conn.pipeline(transaction=False)
+        for key in locks:
+            pipe.get(key)
+            pipe.ttl(key)
+        answers = itertools.chain(answers, pipe.execute() if locks else [])
+
+        # (how to delete, key, value to compare, size, counter)
+        doomed: list[tuple[str, bytes, bytes | None, int, str]] = []
+        for key, job_id in results:
+            ttl, size = next(answers), next(answers)
+            if ttl == -2:
+                continue  # expired meanwhile
+            if job_id not in states:
+                doomed.append(("any", key, None, size + len(key), "results"))
+            elif ttl == -1:
+                doomed.append(("no-ttl", key, None, size + len(key), "results"))
+        for key, job_id in flags:
+            ttl, size = next(answers), next(answers)
+            if ttl == -2:
+                continue
+            if states.get(job_id) not in CAN_STILL_RUN:
+                doomed.append(("any", key, None, size + len(key), "revoke_flags"))
+        bound = []
+        for key in locks:
+            value, ttl = next(answers), next(answers)
+            if value is None:
+                continue
+            holder = _lock_holder(huey, value)
+            if holder is not None:
+                age = wall - float(holder.get("since") or 0)
+                stale = (holder["holder"] not in alive and age > max(3 * settings.heartbeat_seconds, 30.0)) \
+                    or (settings.lock_max_age and age > settings.lock_max_age)
+            else:
+                stale = not alive
+                if not stale and ttl == -1 and settings.lock_max_age:
+                    bound.append(key)
+            if stale:
+                doomed.append(("equal", key, value, len(value) + len(key), "locks"))
+
+        if report.dry_run:
+            for _, _, _, size, counter in doomed:
+                setattr(report, counter, getattr(report, counter) + 1)
+                setattr(report, counter + "_bytes", getattr(report, counter + "_bytes") + size)
+            report.locks_bounded += len(bound)
+            return
+        outcomes = unlink_checked(keys=[d[1] for d in doomed],
+                                  args=[b"=" + d[2] if d[0] == "equal" else d[0] for d in doomed]) if doomed else []
+        for (_, _, _, size, counter), removed in zip(doomed, outcomes):
+            if removed:
+                setattr(report, counter, getattr(report, counter) + 1)
+                setattr(report, counter + "_bytes", getattr(report, counter + "_bytes") + size)
+        for key in bound:  # NX: only a lock that still has no TTL gets one
+            report.locks_bounded += int(bool(conn.expire(key, int(settings.lock_max_age), nx=True)))
+
+    batch: list[bytes] = []
+    for key in conn.scan_iter(match=_glob_escape(prefix) + b"*", count=settings.cleanup_batch):
+        batch.append(key)
+        report.keys_scanned += 1
+        if len(batch) >= settings.cleanup_batch:
+            handle(batch)
+            batch = []
+    if batch:
+        handle(batch)
+
+
+def run(huey: NightshiftHuey | None = None, dry_run: bool = False,
+        now: datetime.datetime | None = None) -> Report:
+    """One cleanup pass: the ledger first (so results of jobs it removes become orphans), then Redis."""
+    started = time.monotonic()
+    settings = config.get()
+    init_db()
+    huey = huey or get_huey()
+    now = now or ledger.now()
+    report = Report(dry_run=dry_run)
+    clean_ledger(report, now, settings)
+    clean_redis(report, huey, now, settings)
+    report.seconds = round(time.monotonic() - started, 3)
+    if not dry_run:
+        log.info("cleanup %s", report.summary(), extra={"cleanup": report.as_dict()})
+    return report

@@ -1,0 +1,90 @@
+"""Scheduled-maintenance commands: schedule, cleanup, backlog."""
+from __future__ import annotations
+
+import click
+
+from app.cli import main
+from app.cli.common import echo_json, iso, json_option, table
+
+
+def _last_runs(names: list[str]) -> dict[str, object]:
+    """The newest ledger row of each task (its last periodic run)."""
+    from app.models import Job
+    last = {}
+    for name in names:
+        last[name] = Job.select().where(Job.task == name).order_by(Job.created_at.desc()).first()
+    return last
+
+
+@main.command()
+@json_option
+def schedule(as_json):
+    """List periodic tasks: schedule (in words and cron form), next run, last run and its outcome."""
+    import config
+    from huey.api import PeriodicTask
+
+    from app import catalog
+    from app import schedule as sched
+    from app.db import init as init_db
+    init_db()
+    tick = config.get().tick_seconds
+    classes = {name: cls for name, cls in catalog.task_classes().items() if issubclass(cls, PeriodicTask)}
+    last = _last_runs(sorted(classes))
+    rows = []
+    for name in sorted(classes):
+        cls, job = classes[name], last[name]
+        nxt = sched.next_run(cls, tick=tick)
+        rows.append({
+            "task": name, "schedule": sched.words_of(cls), "cron": sched.spec_of(cls), "next_run": iso(nxt),
+            "last_run": iso(job.created_at) if job else None, "last_job": job.id if job else None,
+            "last_outcome": job.state if job else None,
+            "last_finished_at": iso(job.finished_at) if job else None,
+        })
+    if as_json:
+        echo_json({"tick_seconds": tick, "tasks": rows})
+        return
+    if not rows:
+        click.echo("no periodic tasks")
+        return
+    click.echo(table([[r["task"], r["schedule"], r["cron"] or "-", r["next_run"] or "-",
+                       r["last_run"] or "never", r["last_outcome"] or "-"] for r in rows],
+                     ["TASK", "SCHEDULE", "CRON", "NEXT RUN (UTC)", "LAST RUN (UTC)", "OUTCOME"]))
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Count what would be removed; change nothing.")
+@json_option
+def cleanup(dry_run, as_json):
+    """Remove expired results, finished jobs past retention, stale locks, old flags and previews now."""
+    from app import cleanup as cleanup_mod
+    report = cleanup_mod.run(dry_run=dry_run)
+    if as_json:
+        echo_json(report.as_dict())
+    else:
+        click.echo(report.summary())
+
+
+@main.command()
+@json_option
+def backlog(as_json):
+    """Show the backlog (depth, oldest waiting job, running, failure rate, dead letters) and open alerts."""
+    from app import backlog as backlog_mod
+    from app.backlog import thresholds
+    snap = backlog_mod.measure()
+    open_alerts = backlog_mod.incidents()
+    if as_json:
+        echo_json({"snapshot": snap.as_dict(), "alerts": open_alerts,
+                   "thresholds": {name: limit for name, (_, limit) in thresholds().items()}})
+        return
+    window = int(snap.window)
+    lines = [
+        f"due to run     {snap.queued} (Redis queue: {'?' if snap.redis_depth is None else snap.redis_depth})",
+        f"oldest waits   {'-' if snap.oldest_age is None else f'{snap.oldest_age:.0f}s'}",
+        f"running        {snap.running}",
+        f"failure rate   {'-' if snap.failure_rate is None else f'{snap.failure_rate:.0%}'} "
+        f"({snap.failed}/{snap.attempts} attempts in {window}s)",
+        f"dead letters   {snap.dead_letters} in {window}s",
+        "alerts         " + (", ".join(f"{name} since {a.get('since')}" for name, a in open_alerts.items())
+                             or "none"),
+    ]
+    click.echo("\n".join(lines))

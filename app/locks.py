@@ -1,0 +1,38 @@
+"""Task locks that say who holds them, so cleanup can free the locks of workers that died holding them.
+
+Huey's `huey.lock_task(name)` stores the value "1" under `huey.r.{queue}.{queue}.lock.{name}`: when the worker
+holding it is SIGKILLed, the lock stays forever and the task never runs again. `lock_task` here is the same
+lock (same key, same TaskLock behaviour as a decorator or context manager) whose value names the holder (the
+worker id of `WorkerBeat`) and when it was taken. `app.cleanup` removes a lock whose holder no longer beats.
+
+    from app.locks import lock_task
+
+    @task()
+    def nightly_export():
+        with lock_task("export"):
+            ...
+"""
+from __future__ import annotations
+
+import time
+
+from huey.api import TaskLock
+from huey.exceptions import TaskLockedException
+
+from app.queue import get_huey
+
+
+class HolderLock(TaskLock):
+    """Huey's TaskLock whose value records the holding worker and the time it was taken."""
+
+    def acquire(self) -> bool:
+        from app import lifecycle
+        holder = {"holder": lifecycle.WORKER_ID, "since": time.time()}
+        if not self._huey.put_if_empty(self._key, holder, self._ttl):
+            raise TaskLockedException(f"unable to acquire lock {self._name}")
+        return True
+
+
+def lock_task(name: str, ttl: int | None = None) -> HolderLock:
+    """A named lock for tasks (like Huey's `lock_task`), recording its holder for stale-lock cleanup."""
+    return HolderLock(get_huey(), name, ttl)

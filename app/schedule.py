@@ -1,0 +1,229 @@
+"""Periodic tasks: crontab specs that can be shown, and a scheduler that enqueues each tick once in total.
+
+Huey runs a scheduler in every consumer, so with three consumers every periodic task would be enqueued three
+times per tick. `TickScheduler` keeps Huey's scheduler (its loop, its skipping of checks missed during a stall,
+its `read_periodic`) and adds one thing before enqueueing: it takes a per-tick key on the shared Redis,
+`SET nightshift:{queue}:tick:{tick_start_epoch} <worker> NX EX <3 ticks>`. Only the consumer that sets the key
+enqueues that tick; when it dies, the next tick's key is free for any other consumer, so another one takes over
+within one tick without any hand-over.
+"""
+from __future__ import annotations
+
+import calendar
+import datetime
+import logging
+import time
+from typing import Callable, Iterable
+
+from huey import crontab as huey_crontab
+from huey.consumer import Scheduler
+
+import config
+
+log = logging.getLogger("nightshift.scheduler")
+
+FIELDS = ("minute", "hour", "day", "month", "day_of_week")
+DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
+MONTHS = ("", "January", "February", "March", "April", "May", "June", "July", "August", "September",
+          "October", "November", "December")
+
+
+def cron(minute: str | int = "*", hour: str | int = "*", day: str | int = "*", month: str | int = "*",
+         day_of_week: str | int = "*") -> Callable[[datetime.datetime], bool]:
+    """Huey's crontab (strict parsing: a typo fails at import, not silently never runs), with its spec
+    attached as `.cron` ("M H d m w") so `nightshift schedule` can show it and compute the next run."""
+    spec = [str(v).replace(" ", "") for v in (minute, hour, day, month, day_of_week)]
+    validate = huey_crontab(*spec, strict=True)
+    validate.cron = " ".join(spec)
+    return validate
+
+
+crontab = cron  # `from app import crontab` gives the strict, describable one
+
+
+def parse(spec: str) -> Callable[[datetime.datetime], bool]:
+    """A five-field crontab string ("0 * * * *") as a validate function."""
+    fields = spec.split()
+    if len(fields) != 5:
+        raise ValueError(f"{spec!r}: a crontab has five fields: minute hour day month weekday")
+    return cron(*fields)
+
+
+def every_tick(timestamp: datetime.datetime) -> bool:
+    """A validate function that matches every tick (useful with short ticks; Huey calls it with a datetime)."""
+    return True
+
+
+every_tick.cron = None  # type: ignore[attr-defined]
+every_tick.words = "every tick"  # type: ignore[attr-defined]
+
+
+# -- showing a schedule --------------------------------------------------------------------------------------------
+
+def allowed(spec: str) -> list[set[int]]:
+    """The values each field accepts, computed with Huey's own parser (field by field)."""
+    fields = spec.split()
+    base = datetime.datetime(2024, 1, 1)  # a Monday
+    minutes = {m for m in range(60) if huey_crontab(minute=fields[0], strict=True)(base.replace(minute=m))}
+    hours = {h for h in range(24) if huey_crontab(hour=fields[1], strict=True)(base.replace(hour=h))}
+    days = {d for d in range(1, 32) if huey_crontab(day=fields[2], strict=True)(base.replace(day=d))}
+    months = {m for m in range(1, 13) if huey_crontab(month=fields[3], strict=True)(base.replace(month=m))}
+    weekdays = {(w + 1) % 7 for w in range(7)  # base + w days has python weekday w (Monday 0); cron Sunday 0
+                if huey_crontab(day_of_week=fields[4], strict=True)(base + datetime.timedelta(days=w))}
+    return [minutes, hours, days, months, weekdays]
+
+
+def _list(values: Iterable[int], names: tuple[str, ...] | None = None) -> str:
+    items = [names[v] if names else str(v) for v in sorted(values)]
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _step(values: set[int], full: range) -> int | None:
+    """n when `values` is exactly every n-th value of `full` starting at its first."""
+    ordered = sorted(values)
+    if len(ordered) < 2 or ordered[0] != full[0]:
+        return None
+    step = ordered[1] - ordered[0]
+    return step if ordered == list(full[::step]) else None
+
+
+def describe(spec: str) -> str:
+    """A crontab spec in words: "every hour at minute 0", "every day at 03:30", "every 15 minutes"."""
+    minutes, hours, days, months, weekdays = allowed(spec)
+    every_minute, every_hour = len(minutes) == 60, len(hours) == 24
+    if every_minute and every_hour:
+        when = "every minute"
+    elif every_minute:
+        when = f"every minute during hour {_list(hours)}"
+    elif every_hour:
+        step = _step(minutes, range(60))
+        when = f"every {step} minutes" if step else f"every hour at minute {_list(minutes)}"
+    elif len(hours) * len(minutes) <= 4:
+        when = "at " + ", ".join(f"{h:02d}:{m:02d}" for h in sorted(hours) for m in sorted(minutes))
+    else:
+        step = _step(hours, range(24))
+        hour_text = f"every {step} hours" if step else f"hours {_list(hours)}"
+        when = f"minute {_list(minutes)} of {hour_text}"
+    parts = [when]
+    if len(days) < 31:
+        parts.append(f"on day {_list(days)} of the month")
+    if len(weekdays) < 7:
+        parts.append("on " + _list(weekdays, DAYS))
+    if len(months) < 12:
+        parts.append("in " + _list(months, MONTHS))
+    if len(parts) == 1 and when.startswith("at "):
+        parts[0] = "every day " + when
+    return " ".join(parts)
+
+
+def spec_of(task_class: type) -> str | None:
+    """The crontab spec a periodic task was declared with, when known."""
+    validate = getattr(task_class, "periodic_schedule", None)
+    return getattr(validate, "cron", None)
+
+
+def words_of(task_class: type) -> str:
+    validate = getattr(task_class, "periodic_schedule", None)
+    spec = spec_of(task_class)
+    if spec:
+        return describe(spec)
+    return getattr(validate, "words", None) or "custom (a validate function without a crontab spec)"
+
+
+def tick_start(epoch: float, tick: int) -> int:
+    return int(epoch // tick * tick)
+
+
+def next_run(task_class: type, after: datetime.datetime | None = None, tick: int | None = None,
+             horizon_days: int = 366 * 4 + 1) -> datetime.datetime | None:
+    """The start of the next tick (naive UTC) at which the scheduler will enqueue this task."""
+    tick = tick or config.get().tick_seconds
+    after = after or datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    epoch = calendar.timegm(after.timetuple()) + after.microsecond / 1e6
+    first = datetime.datetime.fromtimestamp(tick_start(epoch, tick) + tick, datetime.UTC).replace(tzinfo=None)
+    validate = getattr(task_class, "periodic_schedule", None)
+    spec = spec_of(task_class)
+    if spec is None:
+        if validate is None:
+            return None
+        # Any callable: try the coming ticks (at most one week of them, at least one per minute).
+        step = datetime.timedelta(seconds=max(tick, 1))
+        candidate = first
+        for _ in range(min(7 * 86400 // max(tick, 1), 20000)):
+            if validate(candidate):
+                return candidate
+            candidate += step
+        return None
+    if validate(first):
+        return first
+    minutes, hours, days, months, weekdays = allowed(spec)
+    start = first.replace(second=0, microsecond=0) + datetime.timedelta(minutes=1)
+    day = start.replace(hour=0, minute=0)
+    for _ in range(horizon_days):
+        if day.month in months and day.day in days and (day.weekday() + 1) % 7 in weekdays:
+            for hour in sorted(hours):
+                for minute in sorted(minutes):
+                    candidate = day.replace(hour=hour, minute=minute)
+                    if candidate >= start:
+                        return candidate
+        day += datetime.timedelta(days=1)
+    return None
+
+
+# -- once per tick across consumers --------------------------------------------------------------------------------
+
+def tick_key(queue: str, start: int) -> str:
+    return f"nightshift:{queue}:tick:{start}"
+
+
+class TickScheduler(Scheduler):
+    """Huey's scheduler, but a tick's periodic tasks are enqueued by one consumer only (see module doc).
+
+    Ticks are aligned to wall-clock multiples of NIGHTSHIFT_TICK_SECONDS so every consumer on every host
+    agrees on which tick it is, and periodic tasks are validated against the tick's start time.
+    """
+
+    def __init__(self, huey, stop_flag, interval, periodic) -> None:
+        super().__init__(huey, stop_flag, interval, periodic)
+        self.tick = config.get().tick_seconds
+        self.periodic_task_seconds = self.tick
+        # Huey would check at start-up and then every tick measured from start-up; a check per wall-clock
+        # tick makes all consumers compete for the same key.
+        self.interval = max(1, min(self.interval, self.tick))
+        self.won = 0
+
+    def _align_next_check(self) -> None:
+        now = time.time()
+        self._next_periodic = time.monotonic() + (tick_start(now, self.tick) + self.tick - now)
+
+    def enqueue_periodic_tasks(self, now) -> None:
+        """Take this tick's key; only the winner enqueues (missed ticks are skipped, never caught up)."""
+        self._align_next_check()
+        wall = time.time()
+        start = tick_start(wall, self.tick)
+        from app import lifecycle
+        try:
+            won = self.huey.storage.conn.set(tick_key(self.huey.name, start), lifecycle.WORKER_ID,
+                                             nx=True, ex=max(3 * self.tick, 10))
+        except Exception as exc:  # noqa: BLE001 - Redis down: no consumer can enqueue anyway; try next tick
+            log.warning("periodic tick %d skipped: Redis unreachable (%s)", start, exc)
+            return
+        if not won:
+            return
+        self.won += 1
+        stamp = now or datetime.datetime.fromtimestamp(start, datetime.UTC).replace(tzinfo=None)
+        tasks = self.huey.read_periodic(stamp)
+        enqueued = 0
+        for task in tasks:
+            try:
+                self.huey.enqueue(task)  # attempt is None: recorded in the ledger first, like any job
+                enqueued += 1
+            except Exception:  # noqa: BLE001
+                log.exception("could not enqueue periodic task %s", type(task).__name__)
+        log.info("periodic tick %d won by %s: enqueued %d task(s)%s", start, lifecycle.WORKER_ID, enqueued,
+                 (": " + ", ".join(type(t).__name__ for t in tasks)) if tasks else "",
+                 extra={"tick": start, "enqueued": enqueued})
+
+
+cron.hourly = lambda: cron(minute="0")  # type: ignore[attr-defined]  (as Huey's crontab.hourly)
+cron.daily = lambda: cron(minute="0", hour="0")  # type: ignore[attr-defined]
