@@ -119,7 +119,7 @@ def test_image_builds_small_and_non_root(image, capsys):
 
 def test_consumer_and_producer_containers(image, ledger, capsys):
     database_url, mounts = ledger
-    queue = f"nightshift-ct-{uuid.uuid4().hex[:8]}"
+    queue = f"nsct{uuid.uuid4().hex[:10]}"      # Huey keeps only [a-z0-9] of a name: keep it findable for clean-up
     env = ["-e", f"NIGHTSHIFT_REDIS_URL={REDIS_URL}", "-e", f"NIGHTSHIFT_DATABASE_URL={database_url}",
            "-e", f"NIGHTSHIFT_QUEUE={queue}", "-e", "NIGHTSHIFT_HEARTBEAT_SECONDS=1",
            "-e", f"NIGHTSHIFT_SHUTDOWN_TIMEOUT={SHUTDOWN_TIMEOUT}", "-e", "NIGHTSHIFT_LOG_FORMAT=json"]
@@ -178,3 +178,13 @@ def test_consumer_and_producer_containers(image, ledger, capsys):
         assert health.returncode == 0, f"HEALTHCHECK failed on a live consumer: {health.stdout}{health.stderr}"
     finally:
         podman("rm", "--force", "--time", "0", name, check=False)
+        delete_queue_keys(queue)
+
+
+def delete_queue_keys(queue: str) -> None:
+    """Remove this test's keys (its queue, results, locks) from its Redis db; nothing else is touched."""
+    import redis
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = [k for pattern in (f"huey.*{queue}*", f"nightshift:{queue}:*") for k in client.scan_iter(pattern)]
+    if keys:
+        client.delete(*keys)
