@@ -81,7 +81,7 @@ def parse_smtp_url(url: str) -> SmtpConfig:
     """smtp://user:pass@host:port?starttls=1 (or smtps:// for TLS from the start); login when a user is given."""
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("smtp", "smtps"):
-        raise PermanentError(f"SMTP URL must start with smtp:// or smtps://, not {url!r}")
+        raise PermanentError(f"SMTP URL must start with smtp:// or smtps://, not {parts.scheme or 'nothing'}://")
     if not parts.hostname:
         raise PermanentError("SMTP URL has no host")
     query = urllib.parse.parse_qs(parts.query)

@@ -288,3 +288,17 @@ def test_bulk_import_100k_rows_twice(env, start_worker, tmp_path):
                                                                                                bad)
     assert records.dataset_count(ledger_database(), "people") == 100_000 - bad
     assert time.monotonic() - started < 90  # ~17 s on an idle machine
+
+
+# -- long computation -----------------------------------------------------------------------------------------------
+
+def test_long_computation_reports_progress_in_the_ledger(env, start_worker):
+    from app import submit
+    start_worker()
+    job_id = submit("count_primes", limit=300_000_000)
+    seen = wait_until(lambda: (j := job(job_id)).progress and j.state == "running" and json.loads(j.progress), 30,
+                      interval=0.02, message="progress while running")
+    assert seen["total"] == 300_000_000 and 0 < seen["done"] < 300_000_000
+    row = finished(job_id, 120, state="succeeded")
+    assert json.loads(row.result) == 16_252_325
+    assert json.loads(row.progress)["done"] == 300_000_000
