@@ -141,6 +141,7 @@ class NightshiftConsumer(Consumer):
             self.maintenance.stop_event.set()
             if _keeper is not None and _keeper_pid == os.getpid():
                 _keeper.stop_event.set()
+                _keeper.join(5)  # a beat in flight must not land after (and undo) the "stopped" one
                 try:
                     _keeper.beat(stopped=True)
                 except Exception:  # noqa: BLE001
