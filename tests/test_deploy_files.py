@@ -145,6 +145,7 @@ def test_compose_structure():
     assert worker["depends_on"]["redis"]["condition"] == "service_healthy"
     assert worker["depends_on"]["postgres"]["required"] is False
     assert "ledger:/data" in worker["volumes"]
+    assert worker["env_file"] == [{"path": ".env", "required": False}]
     env = worker["environment"]
     assert set(env) - {"SENTRY_DSN", "SENTRY_ENVIRONMENT"} <= KNOWN_SETTINGS, "unknown setting in compose.yaml"
     assert env["NIGHTSHIFT_REDIS_URL"].endswith("redis://redis:6379/0}")
