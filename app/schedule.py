@@ -29,11 +29,11 @@ MONTHS = ("", "January", "February", "March", "April", "May", "June", "July", "A
 
 
 def cron(minute: str | int = "*", hour: str | int = "*", day: str | int = "*", month: str | int = "*",
-         day_of_week: str | int = "*") -> Callable[[datetime.datetime], bool]:
-    """Huey's crontab (strict parsing: a typo fails at import, not silently never runs), with its spec
-    attached as `.cron` ("M H d m w") so `nightshift schedule` can show it and compute the next run."""
+         day_of_week: str | int = "*", strict: bool = True) -> Callable[[datetime.datetime], bool]:
+    """Huey's crontab (strict parsing by default: a typo fails at import, not silently never runs), with its
+    spec attached as `.cron` ("M H d m w") so `nightshift schedule` can show it and compute the next run."""
     spec = [str(v).replace(" ", "") for v in (minute, hour, day, month, day_of_week)]
-    validate = huey_crontab(*spec, strict=True)
+    validate = huey_crontab(*spec, strict=strict)
     validate.cron = " ".join(spec)
     return validate
 
