@@ -104,9 +104,9 @@ def send_email(batch_id: str, to: str, subject: str, body: str, html: str | None
                sender: str | None = None, task=None) -> dict:
     """Send one e-mail of batch BATCH_ID over NIGHTSHIFT_SMTP_URL, unless this batch already sent it to TO."""
     settings = config.get()
-    _email_rate_limiter().wait()
     return _outcome(task, lambda: mail.send_email(
-        ledger_database(), settings.smtp_url, batch_id, to, subject, body, sender or settings.email_from, html))
+        ledger_database(), settings.smtp_url, batch_id, to, subject, body, sender or settings.email_from, html,
+        throttle=_email_rate_limiter().wait))
 
 
 @task(store_result=True, context=True, retries=8, retry_delay=2)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formataddr, make_msgid, parseaddr
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import peewee
 
@@ -319,12 +319,13 @@ def _now() -> datetime.datetime:
 
 def send_email(database: peewee.Database, smtp_url: str, batch_id: str, to: str, subject: str, body: str,
                sender: str, html: str | None = None, reply_to: str | None = None,
-               in_flight_seconds: float | None = None) -> dict[str, Any]:
+               in_flight_seconds: float | None = None, throttle: Callable[[], Any] | None = None) -> dict[str, Any]:
     """Send one message to `to` unless this batch already did; returns {"status": "sent"|"skipped", ...}.
 
     Raises BadAddressError / SmtpPermanentError / DeliveryUncertain (PermanentError) or TemporaryError.
     `in_flight_seconds` is how long a "sending" claim by another attempt is trusted to still be in
-    progress (default: twice the SMTP timeout plus a minute).
+    progress (default: twice the SMTP timeout plus a minute). `throttle` (a rate limiter's wait) is called just
+    before connecting, so recipients already sent cost no waiting.
     """
     address = validate_address(to)
     key = address.lower()
@@ -343,6 +344,8 @@ def send_email(database: peewee.Database, smtp_url: str, batch_id: str, to: str,
         return _already(existing, in_flight)
 
     message = build_message(sender, address, subject, body, batch_id, html, reply_to)
+    if throttle is not None:
+        throttle()
     smtp = _connect(config)
     try:
         claim = str(uuid.uuid4())

@@ -178,3 +178,12 @@ def test_interrupted_send_is_not_repeated(database, smtp_server) -> None:
     with pytest.raises(mail.DeliveryUncertain):
         mail.send_email(database, url, "b", "stale@example.com", "s", "b", SENDER)
     assert sink.messages == []
+
+
+def test_throttle_is_skipped_for_recipients_already_sent(database, smtp_server) -> None:
+    sink, url = smtp_server()
+    calls: list[int] = []
+    throttle = lambda: calls.append(1)  # noqa: E731
+    mail.send_email(database, url, "t", "ann@example.com", "s", "b", SENDER, throttle=throttle)
+    mail.send_email(database, url, "t", "ann@example.com", "s", "b", SENDER, throttle=throttle)
+    assert len(calls) == 1 and len(sink.messages) == 1
