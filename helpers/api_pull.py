@@ -135,6 +135,9 @@ def pull_pages(database: peewee.Database, url: str, name: str | None = None, id_
         cursor = Cursor.get_or_none(Cursor.name == name)
         if cursor is None:
             cursor = Cursor.create(name=name, start_url=url, next_url=url, updated_at=_now())
+        elif cursor.start_url != url and not restart:
+            raise PermanentError(f"pull {name!r} was started from {cursor.start_url}; pass restart=true to start "
+                                 f"over from {url}, or give this pull another name")
         elif restart or (cursor.done is False and cursor.next_url is None):
             cursor.next_url, cursor.done, cursor.start_url, cursor.updated_at = url, False, url, _now()
             cursor.save()

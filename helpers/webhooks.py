@@ -72,7 +72,12 @@ def deliver_webhook(url: str, payload: Any, delivery_id: str, secret: str = "", 
         all_headers["X-Nightshift-Event"] = event
     if secret:
         all_headers[SIGNATURE_HEADER] = sign(secret, timestamp, body)
+    if headers is not None and not isinstance(headers, dict):
+        raise PermanentError("headers must be an object of header names to string values")
     for name, value in (headers or {}).items():
+        if not isinstance(value, str) or not name or any(c in name + value for c in "\r\n\0") \
+                or any(c in name for c in " :"):
+            raise PermanentError(f"header {name!r} must be a name without spaces or colons and a one-line string")
         if name.lower().startswith("x-nightshift-") or name.lower() in ("content-type", "host", "content-length"):
             raise PermanentError(f"header {name!r} is set by Nightshift and cannot be overridden")
         all_headers[name] = value

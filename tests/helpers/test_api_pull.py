@@ -180,3 +180,10 @@ def test_killed_pull_resumes_and_stores_every_record_once(database, http_server)
     assert sorted(ids) == list(range(PAGES * PER_PAGE))
     requested = pages_requested(server)
     assert requested[-(PAGES - committed):] == list(range(committed, PAGES))  # resumed, not restarted
+
+
+def test_same_name_with_another_url_needs_restart(database, http_server) -> None:
+    server = http_server(paged_api())
+    api_pull.pull_pages(database, server.url + "/items", name="n", max_pages=1, allow_private=True)
+    with pytest.raises(PermanentError, match="restart"):
+        api_pull.pull_pages(database, server.url + "/other", name="n", allow_private=True)

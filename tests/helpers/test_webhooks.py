@@ -140,3 +140,12 @@ def test_retry_after_and_backoff() -> None:
     assert backoff_delay(1, retry_after=45) == 45
     assert backoff_delay(1, cap=60, retry_after=10**6) == 60
     assert backoff_delay(3, jitter=False) == 4
+
+
+@pytest.mark.parametrize("headers", [{"X-A": 1}, {"X-A": "a\r\nX-Injected: 1"}, {"Bad Name": "x"}, {"": "x"},
+                                     ["X-A", "x"]])
+def test_bad_extra_headers_are_permanent(http_server, headers) -> None:
+    server = http_server(scripted((200, {}, b"ok")))
+    with pytest.raises(PermanentError, match="header"):
+        webhooks.deliver_webhook(server.url, {}, "d", SECRET, allow_private=True, headers=headers)
+    assert server.requests == []
