@@ -302,3 +302,13 @@ def test_long_computation_reports_progress_in_the_ledger(env, start_worker):
     row = finished(job_id, 120, state="succeeded")
     assert json.loads(row.result) == 16_252_325
     assert json.loads(row.progress)["done"] == 300_000_000
+
+
+def test_webhook_temporary_errors_use_up_retries_then_go_dead(env, start_worker, http_server):
+    receiver = http_server(scripted((503, {}, b"down")))
+    start_worker(NIGHTSHIFT_WEBHOOK_ALLOW_PRIVATE="true")
+    job_id = submitted(cli(env, "submit", "deliver_webhook", "--retries", "1", "--arg", f"url={receiver.url}",
+                           "--arg", "payload=[1, 2]"))
+    dead = finished(job_id, 30, state="dead")
+    assert outcomes(job_id) == ["failed", "failed"] and len(receiver.requests) == 2
+    assert "503" in dead.error and "no retries left" in dead.reason
