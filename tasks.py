@@ -62,6 +62,11 @@ def _outcome(task: Any, call: Callable[[], Any], cap: float = 3600.0) -> Any:
         raise RetryTask(f"{type(exc).__name__}: {exc}", delay=delay) from exc
 
 
+def _first_errors(errors: list) -> list:
+    """The first few rejected rows, messages shortened: the ledger keeps only ~1000 characters of a result."""
+    return [{"line": e["line"], "error": e["error"][:120]} for e in errors[:MAX_REPORTED_ERRORS]]
+
+
 def _progress(task: Any) -> Callable[[int, Any, str], None]:
     return lambda done, total, note: record_progress(task.id, done, total, note)
 
@@ -96,7 +101,7 @@ def send_email_batch(recipients: str, subject: str, body: str, html: str | None 
         delay = number * per_second / rate if rate else 0
         submit_many("send_email", jobs[start:start + per_second], delay=delay or None)
     return {"batch_id": batch, "queued": len(jobs), "rejected": len(plan["rejected"]),
-            "duplicates": plan["duplicates"], "errors": plan["rejected"][:MAX_REPORTED_ERRORS]}
+            "duplicates": plan["duplicates"], "errors": _first_errors(plan["rejected"])}
 
 
 @task(store_result=True, context=True, retries=5, retry_delay=10)
@@ -148,5 +153,5 @@ def import_records(path: str, dataset: str | None = None, key: str = "id", fmt: 
     result = _outcome(task, lambda: records.import_records(
         ledger_database(), path, dataset=dataset, key=key, fmt=fmt, required=required or (),
         batch_size=batch_size, progress=_progress(task)))
-    result["errors"] = result["errors"][:MAX_REPORTED_ERRORS]
+    result["errors"] = _first_errors(result["errors"])
     return result
