@@ -1,0 +1,7 @@
+"""The benchmark's Nightshift task module (NIGHTSHIFT_TASK_MODULES=benchmarks.nightshift_tasks)."""
+from app import task
+
+
+@task()
+def bench_noop():
+    """Does nothing: the benchmark measures the machinery around a job."""
