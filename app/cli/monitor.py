@@ -10,10 +10,21 @@ import click
 
 import config
 from app.cli import main
-from app.cli.common import EXIT_FAILED, echo_json, fail, table
+from app.cli.common import EXIT_FAILED, echo_json, fail
 
 CLEAR = "\x1b[H\x1b[2J"   # cursor home, clear screen
 WIDTH = 80
+
+
+def table(rows: list[list], headers: list[str]) -> str:
+    """An aligned table: numbers to the right, text to the left."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    numeric = [all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(headers))]
+
+    def line(cells: list) -> str:
+        return "  ".join(str(c).rjust(w) if num else str(c).ljust(w)
+                         for c, w, num in zip(cells, widths, numeric)).rstrip()
+    return "\n".join([line(headers)] + [line(row) for row in rows])
 
 
 def _ago(seconds: float | None) -> str:
@@ -78,7 +89,7 @@ def render(data: dict) -> str:
         if failure:
             when = _dt(failure["at"].rstrip("Z")) if failure["at"] else None
             last = (_ago((stamp - when).total_seconds()) + " ago " if when else "") + (failure["error"] or "")
-        rows.append([_cut(t["task"], 20), t["finished"], rate_, _secs(t["p50"]), _secs(t["p95"]), t["running"],
+        rows.append([_cut(t["task"], 24), t["finished"], rate_, _secs(t["p50"]), _secs(t["p95"]), t["running"],
                      t["waiting"], last])
     if rows:
         head = ["TASK", "DONE", "OK", "P50", "P95", "RUN", "WAIT"]
@@ -118,27 +129,28 @@ def status(as_json, watch, window):
     """What the service is doing: queue depth, throughput, per-task figures, workers."""
     from app import status as status_mod
     settings = config.get()
-    while True:
-        data = status_mod.snapshot(settings, window * 60)
-        if as_json:
-            if watch:
-                click.echo(json.dumps(data, default=str))
+    try:
+        while True:
+            data = status_mod.snapshot(settings, window * 60)
+            if as_json:
+                if watch:
+                    click.echo(json.dumps(data, default=str))
+                else:
+                    echo_json(data)
             else:
-                echo_json(data)
-        else:
-            text = render(data)
-            if watch and sys.stdout.isatty():
-                sys.stdout.write(CLEAR + text + "\n")   # refresh in place
-            else:
-                click.echo(text + ("\n" if watch else ""))
-        if not watch:
-            return
-        try:
+                text = render(data)
+                if watch and sys.stdout.isatty():
+                    sys.stdout.write(CLEAR + text + "\n")   # refresh in place
+                else:
+                    click.echo(text + ("\n" if watch else ""))
+            if not watch:
+                return
             sys.stdout.flush()
             time.sleep(watch)
-        except KeyboardInterrupt:
-            click.echo("")
-            return
+    except KeyboardInterrupt:  # Ctrl-C ends --watch (wherever it lands): a normal way out
+        if not watch:
+            raise
+        click.echo("")
 
 
 @main.command()
