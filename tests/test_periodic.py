@@ -31,7 +31,7 @@ def probe_ticks() -> Counter:
 
 
 def wait_ticks(n: int) -> None:
-    time.sleep(TICK * n - time.time() % TICK + 0.3)
+    time.sleep(TICK * n - time.time() % TICK + 1.3)  # + the scheduler's 1 s loop: the last tick is checked
 
 
 def periodic_env(env, monkeypatch):
@@ -74,7 +74,7 @@ def test_three_consumers_enqueue_each_tick_once_and_a_survivor_takes_over(env, s
     after = [t for t in sorted(won) if t > killed_at]
     assert after and after[0] <= killed_at + 2 * TICK, f"no consumer took over within a tick: {sorted(won)}"
     assert after == list(range(after[0], after[-1] + 1, TICK)), f"a tick was missed after the kill: {sorted(won)}"
-    assert after[-1] >= killed_at + 3 * TICK
+    assert len(after) >= 3, f"the schedule did not go on after the kill: {sorted(won)}"
     assert all(won[t][0][0] != leader_pid for t in after)
     survivors = {w.pid for w in workers if w.alive()}
     assert {won[t][0][0] for t in after} <= survivors
