@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import inspect
 from typing import Any, Callable
@@ -78,6 +79,7 @@ def get_task_class(name: str) -> type:
     raise UnknownTaskName(f"unknown task {name!r}{hint}")
 
 
+@functools.lru_cache(maxsize=None)
 def signature_of(task_class: type) -> inspect.Signature:
     sig = inspect.signature(task_class.func)
     if getattr(task_class, "context", False):

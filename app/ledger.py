@@ -25,21 +25,55 @@ def summarize(value: Any, limit: int = 1000) -> str:
         text = json.dumps(value, default=str)
     except (TypeError, ValueError):
         text = json.dumps(repr(value))
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    # Always valid JSON: a long value is kept as a JSON string of its first `limit` characters.
+    return text if len(text) <= limit else json.dumps(text[:limit] + "...")
+
+
+# -- plain SQL for the per-job hot path ------------------------------------------------------------------------
+# Building a peewee query costs more CPU than SQLite takes to run it (~150-200 us a statement), so the statements
+# every job runs (insert, claim, finish) are plain SQL, written once per placeholder style ('?' or '%s').
+
+_statements: dict[tuple[str, str], str] = {}
+JOB_TABLE = Job._meta.table_name
+ATTEMPT_TABLE = Attempt._meta.table_name
+JOB_FIELDS = Job._meta.sorted_fields
+
+
+def _run(template: str, params: tuple | list):
+    """Execute `template` (`{p}` marks a parameter) and return the cursor."""
+    db = database.obj
+    sql = _statements.get((template, db.param))
+    if sql is None:
+        sql = _statements[(template, db.param)] = template.replace("{p}", db.param)
+    return db.execute_sql(sql, params)
+
+
+def _insert_template(rows: int) -> str:
+    one = "(" + ", ".join(["{p}"] * len(JOB_FIELDS)) + ")"
+    columns = ", ".join(f'"{field.column_name}"' for field in JOB_FIELDS)
+    return f'INSERT INTO "{JOB_TABLE}" ({columns}) VALUES ' + ", ".join([one] * rows)
 
 
 # -- producer side ---------------------------------------------------------------------------------------------
 
 def insert_jobs(rows: list[dict]) -> None:
-    """Record new jobs as queued, in one transaction."""
+    """Record new jobs as queued, in one transaction. Columns a row leaves out take the model's default."""
     stamp = now()
-    for row in rows:
-        row.setdefault("state", "queued")
-        row.setdefault("created_at", stamp)
-        row.setdefault("updated_at", stamp)
+    defaults = {"state": "queued", "created_at": stamp, "updated_at": stamp}
+    for field in JOB_FIELDS:
+        if field.default is not None and not callable(field.default):
+            defaults.setdefault(field.name, field.default)
+    names = [field.name for field in JOB_FIELDS]
+
+    def insert(chunk: list[dict]) -> None:
+        _run(_insert_template(len(chunk)),
+             [row[name] if name in row else defaults.get(name) for row in chunk for name in names])
+
+    if len(rows) <= BATCH:  # one statement is atomic on its own
+        return insert(rows)
     with database.atomic():
         for start in range(0, len(rows), BATCH):
-            Job.insert_many(rows[start:start + BATCH]).execute()
+            insert(rows[start:start + BATCH])
 
 
 def job_for_key(key: str, window_seconds: float) -> Job | None:
@@ -57,37 +91,38 @@ def job_for_key(key: str, window_seconds: float) -> Job | None:
 # -- worker side -------------------------------------------------------------------------------------------------
 
 def claim(job_id: str, attempt: int, worker: str, lease_seconds: float) -> bool:
-    """Take attempt `attempt` of a waiting job for `worker`; False if it is already running or finished."""
+    """Take attempt `attempt` of a waiting job for `worker`; False if it is already running or finished.
+
+    One guarded UPDATE: of two deliveries of the same attempt, exactly one matches the row."""
     stamp = now()
-    with database.atomic():
-        claimed = Job.update(
-            state="running", worker=worker, started_at=stamp, finished_at=None, duration=None,
-            lease_expires_at=stamp + datetime.timedelta(seconds=lease_seconds), updated_at=stamp,
-        ).where(Job.id == job_id, Job.attempt == attempt, Job.state.in_(WAITING)).execute()
-        if claimed:
-            Attempt.insert(job_id=job_id, number=attempt, worker=worker, started_at=stamp).execute()
-    return bool(claimed)
+    return _run(f'UPDATE "{JOB_TABLE}" SET "state" = {{p}}, "worker" = {{p}}, "started_at" = {{p}}, '
+                f'"finished_at" = NULL, "duration" = NULL, "lease_expires_at" = {{p}}, "updated_at" = {{p}} '
+                f'WHERE "id" = {{p}} AND "attempt" = {{p}} AND "state" IN ({{p}}, {{p}})',
+                ("running", worker, stamp, stamp + datetime.timedelta(seconds=lease_seconds), stamp,
+                 job_id, attempt, *WAITING)).rowcount == 1
 
 
 def _finish_attempt(job_id: str, attempt: int, outcome: str, stamp: datetime.datetime,
-                    duration: float | None, error: str | None = None) -> None:
-    Attempt.update(finished_at=stamp, duration=duration, outcome=outcome, error=error).where(
-        Attempt.job_id == job_id, Attempt.number == attempt).execute()
+                    duration: float | None, error: str | None = None) -> bool:
+    """Write the history row of a running attempt that ends now; False if that attempt is not running.
 
-
-def _running(job_id: str, attempt: int):
-    return (Job.id == job_id) & (Job.attempt == attempt) & (Job.state == "running")
+    Runs first in the transaction that moves the job on, while the job row still holds the attempt's worker
+    and start time."""
+    return _run(f'INSERT INTO "{ATTEMPT_TABLE}" ("job_id", "number", "worker", "started_at", "finished_at", '
+                f'"duration", "outcome", "error") SELECT "id", "attempt", "worker", "started_at", {{p}}, {{p}}, '
+                f'{{p}}, {{p}} FROM "{JOB_TABLE}" WHERE "id" = {{p}} AND "attempt" = {{p}} AND "state" = {{p}}',
+                (stamp, duration, outcome, error, job_id, attempt, "running")).rowcount == 1
 
 
 def mark_succeeded(job_id: str, attempt: int, duration: float, result: str | None) -> bool:
     stamp = now()
     with database.atomic():
-        done = Job.update(state="succeeded", finished_at=stamp, duration=duration, result=result,
-                          lease_expires_at=None, updated_at=stamp).where(
-            _running(job_id, attempt)).execute()
-        if done:
-            _finish_attempt(job_id, attempt, "succeeded", stamp, duration)
-    return bool(done)
+        if not _finish_attempt(job_id, attempt, "succeeded", stamp, duration):
+            return False
+        _run(f'UPDATE "{JOB_TABLE}" SET "state" = {{p}}, "finished_at" = {{p}}, "duration" = {{p}}, '
+             f'"result" = {{p}}, "lease_expires_at" = NULL, "updated_at" = {{p}} WHERE "id" = {{p}}',
+             ("succeeded", stamp, duration, result, stamp, job_id))
+    return True
 
 
 def mark_retrying(job_id: str, attempt: int, duration: float, error: str, traceback: str,
@@ -95,27 +130,30 @@ def mark_retrying(job_id: str, attempt: int, duration: float, error: str, traceb
     """The attempt failed and another follows: the job waits as attempt + 1."""
     stamp = now()
     with database.atomic():
-        done = Job.update(state="retrying", attempt=attempt + 1, eta=eta, retries_left=retries_left,
-                          retry_delay=retry_delay, error=error, traceback=traceback, duration=duration,
-                          lease_expires_at=None, updated_at=stamp).where(_running(job_id, attempt)).execute()
-        if done:
-            _finish_attempt(job_id, attempt, "failed", stamp, duration, error)
-    return bool(done)
+        if not _finish_attempt(job_id, attempt, "failed", stamp, duration, error):
+            return False
+        Job.update(state="retrying", attempt=attempt + 1, eta=eta, retries_left=retries_left,
+                   retry_delay=retry_delay, error=error, traceback=traceback, duration=duration,
+                   lease_expires_at=None, updated_at=stamp).where(Job.id == job_id).execute()
+    return True
 
 
 def mark_dead(job_id: str, reason: str, error: str | None = None, traceback: str | None = None,
-              attempt: int | None = None, duration: float | None = None) -> bool:
-    """Out of retries, lost too often, or unrunnable: waits in the dead letters for an operator."""
+              attempt: int | None = None, duration: float | None = None, outcome: str = "failed") -> bool:
+    """Out of retries, lost too often, or unrunnable: waits in the dead letters for an operator.
+
+    With `attempt`, only that running attempt may end this way (its history row says `outcome`); without it,
+    any job that has not finished."""
     stamp = now()
-    where = Job.id == job_id
-    where &= (Job.attempt == attempt) & (Job.state == "running") if attempt is not None \
-        else Job.state.not_in(FINISHED)
+    fields = dict(state="dead", reason=reason, error=error, traceback=traceback, finished_at=stamp,
+                  duration=duration, lease_expires_at=None, updated_at=stamp)
     with database.atomic():
-        done = Job.update(state="dead", reason=reason, error=error, traceback=traceback, finished_at=stamp,
-                          duration=duration, lease_expires_at=None, updated_at=stamp).where(where).execute()
-        if done and attempt is not None:
-            _finish_attempt(job_id, attempt, "failed", stamp, duration, error)
-    return bool(done)
+        if attempt is not None:
+            if not _finish_attempt(job_id, attempt, outcome, stamp, duration, error or reason):
+                return False
+            Job.update(**fields).where(Job.id == job_id).execute()
+            return True
+        return bool(Job.update(**fields).where(Job.id == job_id, Job.state.not_in(FINISHED)).execute())
 
 
 def requeue(job_id: str, attempt: int, outcome: str, reason: str, lease_lost: bool = False) -> int | None:
@@ -128,10 +166,10 @@ def requeue(job_id: str, attempt: int, outcome: str, reason: str, lease_lost: bo
     if lease_lost:
         fields["lease_losses"] = Job.lease_losses + 1
     with database.atomic():
-        done = Job.update(**fields).where(_running(job_id, attempt)).execute()
-        if done:
-            _finish_attempt(job_id, attempt, outcome, stamp, None, reason)
-    return attempt + 1 if done else None
+        if not _finish_attempt(job_id, attempt, outcome, stamp, None, reason):
+            return None
+        Job.update(**fields).where(Job.id == job_id).execute()
+    return attempt + 1
 
 
 def renew_leases(job_ids: Iterable[str], worker: str, lease_seconds: float) -> int:

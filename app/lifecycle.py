@@ -1,7 +1,7 @@
 """Huey's hooks and signals wired to the ledger and the logs: what happens to a job inside a worker.
 
 claim → run → post_execute (succeeded / retrying / dead); interrupted at shutdown → queued again as a new
-attempt; revoked → canceled; expired → expired. A message that cannot be read becomes a dead letter.
+attempt; expired → expired. A message that cannot be read becomes a dead letter.
 """
 from __future__ import annotations
 
@@ -160,11 +160,6 @@ def on_interrupted(huey: NightshiftHuey, task: Task) -> None:
                 reason="interrupted by shutdown", next_attempt=new_attempt)
 
 
-def on_revoked(huey: NightshiftHuey, task: Task) -> None:
-    if ledger.mark_canceled(task.id, "canceled before it ran"):
-        events.emit("canceled", task.id, type(task).__name__, attempt=getattr(task, "attempt", None))
-
-
 def on_expired(huey: NightshiftHuey, task: Task) -> None:
     if ledger.mark_expired(task.id, getattr(task, "attempt", 0) or 0):
         events.emit("expired", task.id, type(task).__name__, logging.WARNING)
@@ -190,5 +185,4 @@ def install(huey: NightshiftHuey) -> None:
     """Connect the hooks above to `huey` (in the consumer only)."""
     huey.post_execute("nightshift_outcome")(lambda task, value, exc: after_execute(huey, task, value, exc))
     huey.signal(S.SIGNAL_INTERRUPTED)(lambda signal, task, *a: on_interrupted(huey, task))
-    huey.signal(S.SIGNAL_REVOKED)(lambda signal, task, *a: on_revoked(huey, task))
     huey.signal(S.SIGNAL_EXPIRED)(lambda signal, task, *a: on_expired(huey, task))

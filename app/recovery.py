@@ -86,7 +86,7 @@ def recover_expired_leases(huey: NightshiftHuey, report: Report, now: datetime.d
         losses = job.lease_losses + 1
         if losses > settings.max_lease_losses:
             reason = f"lost its lease {losses} times (its worker died or hung each time)"
-            if ledger.mark_dead(job.id, reason, job.error, job.traceback):
+            if ledger.mark_dead(job.id, reason, job.error, job.traceback, attempt=job.attempt, outcome="lease-lost"):
                 report.lease_dead += 1
                 events.emit("dead", job.id, job.task, logging.ERROR, attempt=job.attempt, reason=reason)
             continue

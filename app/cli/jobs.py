@@ -160,6 +160,9 @@ def job_dict(job: Job, with_attempts: bool = False) -> dict:
         data["attempts"] = [{"number": a.number, "worker": a.worker, "started_at": iso(a.started_at),
                              "finished_at": iso(a.finished_at), "duration": a.duration, "outcome": a.outcome,
                              "error": a.error} for a in ledger.attempts(job.id)]
+        if job.state == "running":  # the attempt under way gets its history row when it ends
+            data["attempts"].append({"number": job.attempt, "worker": job.worker, "started_at": iso(job.started_at),
+                                     "finished_at": None, "duration": None, "outcome": None, "error": None})
     return data
 
 

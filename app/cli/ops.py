@@ -103,11 +103,7 @@ def cancel(job_ids):
     canceled = 0
     for job in jobs:
         if job.state in WAITING and ledger.mark_canceled(job.id):
-            canceled += 1
-            try:
-                get_huey().revoke_by_id(job.id, revoke_once=True)  # Huey skips the message and drops the flag
-            except Exception:  # noqa: BLE001 - the ledger already says canceled; the worker skips it anyway
-                pass
+            canceled += 1  # its message stays on the queue; the worker's claim skips it
             events.emit("canceled", job.id, job.task, attempt=job.attempt)
         else:
             click.echo(f"nightshift: not canceled: {job.id} is {ledger.state_of(job.id)}", err=True)
