@@ -27,7 +27,9 @@ WORKDIR /src
 # (which also pins the transitive ones), so this layer is rebuilt only when they change, not on every code edit.
 COPY pyproject.toml ./
 COPY deploy/constraints.txt deploy/constraints.txt
-RUN python3 -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' \
+# The image carries the optional PostgreSQL driver too, so the same image can use a PostgreSQL ledger.
+RUN python3 -c 'import tomllib; project = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["postgres"]))' \
         > /tmp/requirements.txt \
  && /opt/venv/bin/pip install --constraint deploy/constraints.txt --requirement /tmp/requirements.txt
 

@@ -29,6 +29,7 @@ def count_primes(limit: int, task=None) -> int:
 # Each task parses its JSON arguments, calls a helper and returns a small JSON outcome. Helpers raise
 # PermanentError (the job ends, not retried) or TemporaryError (retried with backoff and jitter, honouring a
 # server's Retry-After, while the job has retries left); `_outcome` maps them onto Huey's retry machinery.
+# Each task imports its helper when it runs (Pillow, smtplib, ssl...), so an idle worker stays small.
 
 import math  # noqa: E402
 import threading  # noqa: E402
@@ -39,7 +40,6 @@ from huey.exceptions import CancelExecution, RetryTask  # noqa: E402
 import config  # noqa: E402
 from app import submit_many  # noqa: E402
 from app.db import init as ledger_database  # noqa: E402
-from helpers import api_pull, files, mail, records, webhooks  # noqa: E402
 from helpers.backoff import backoff_delay  # noqa: E402
 from helpers.errors import PermanentError, TemporaryError  # noqa: E402
 from helpers.ratelimit import RateLimiter  # noqa: E402
@@ -91,6 +91,7 @@ def send_email_batch(recipients: str, subject: str, body: str, html: str | None 
 
     Fans out one send_email job per distinct recipient, spread over time at NIGHTSHIFT_EMAIL_RATE per second.
     The batch id (default: this job's id, so a retried batch keeps it) makes each recipient get it at most once."""
+    from helpers import mail
     plan = _outcome(task, lambda: mail.plan_batch(recipients, subject, body, email_field, html=html))
     batch = batch_id or task.id
     jobs = [{"batch_id": batch, "to": m["to"], "subject": m["subject"], "body": m["body"], "html": m["html"],
@@ -108,6 +109,7 @@ def send_email_batch(recipients: str, subject: str, body: str, html: str | None 
 def send_email(batch_id: str, to: str, subject: str, body: str, html: str | None = None,
                sender: str | None = None, task=None) -> dict:
     """Send one e-mail of batch BATCH_ID over NIGHTSHIFT_SMTP_URL, unless this batch already sent it to TO."""
+    from helpers import mail
     settings = config.get()
     return _outcome(task, lambda: mail.send_email(
         ledger_database(), settings.smtp_url, batch_id, to, subject, body, sender or settings.email_from, html,
@@ -120,6 +122,7 @@ def deliver_webhook(url: str, payload: Any, event: str | None = None, headers: d
     """POST PAYLOAD as JSON to URL, signed with NIGHTSHIFT_WEBHOOK_SECRET; the job id is the delivery id.
 
     Timeouts, connection errors, 429 and 5xx are retried with backoff (honouring Retry-After); other 4xx are final."""
+    from helpers import webhooks
     settings = config.get()
     return _outcome(task, lambda: webhooks.deliver_webhook(
         url, payload, task.id, settings.webhook_secret, timeout=settings.webhook_timeout,
@@ -129,6 +132,7 @@ def deliver_webhook(url: str, payload: Any, event: str | None = None, headers: d
 @task(store_result=True, context=True, retries=2, retry_delay=5)
 def make_thumbnail(path: str, width: int, output: str | None = None, task=None) -> dict:
     """Write a WIDTH-pixel-wide copy of the image at PATH (default output: NAME.thumb-WIDTH.EXT beside it)."""
+    from helpers import files
     return _outcome(task, lambda: files.make_thumbnail(path, width, output))
 
 
@@ -139,6 +143,7 @@ def pull_pages(url: str, name: str | None = None, records_key: str = "records", 
     """Pull a paginated JSON API into the nightshift_pulled_records table, resuming from the last saved page.
 
     Runs at NIGHTSHIFT_PULL_RATE requests per second; a finished pull does nothing unless RESTART."""
+    from helpers import api_pull
     settings = config.get()
     return _outcome(task, lambda: api_pull.pull_pages(
         ledger_database(), url, name=name, id_key=id_key, records_key=records_key, next_key=next_key,
@@ -150,6 +155,7 @@ def pull_pages(url: str, name: str | None = None, records_key: str = "records", 
 def import_records(path: str, dataset: str | None = None, key: str = "id", fmt: str | None = None,
                    required: list | None = None, batch_size: int = 1000, task=None) -> dict:
     """Upsert a CSV or JSON-lines file into the nightshift_records table; bad rows are rejected by line number."""
+    from helpers import records
     result = _outcome(task, lambda: records.import_records(
         ledger_database(), path, dataset=dataset, key=key, fmt=fmt, required=required or (),
         batch_size=batch_size, progress=_progress(task)))

@@ -31,6 +31,9 @@ def open_database(url: str) -> peewee.Database:
             "journal_mode": "wal", "synchronous": "normal", "busy_timeout": 30000, "foreign_keys": 1})
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
+    if peewee.psycopg2 is None:
+        raise peewee.ImproperlyConfigured(
+            "a PostgreSQL ledger needs its driver: pip install 'nightshift[postgres]' (psycopg2-binary)")
     parsed = connect_url(url)
     return ReconnectingPostgres(parsed.database, **parsed.connect_params)
 

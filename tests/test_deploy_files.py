@@ -94,7 +94,8 @@ def test_dockerfile_installs_from_project_metadata_into_a_venv():
     instructions = _dockerfile_instructions()
     runs = " ".join(v for k, v in instructions if k == "RUN")
     assert "python3 -m venv /opt/venv" in runs
-    assert 'tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]' in runs
+    assert 'tomllib.load(open("pyproject.toml", "rb"))["project"]' in runs
+    assert 'project["dependencies"] + project["optional-dependencies"]["postgres"]' in runs
     assert "--constraint deploy/constraints.txt" in runs
     assert "/opt/venv/bin/pip install --no-deps ." in runs
     assert not re.search(r"(^|\s)pip3? install", runs.replace("/opt/venv/bin/pip install", "")), \
@@ -104,7 +105,7 @@ def test_dockerfile_installs_from_project_metadata_into_a_venv():
 
 def test_constraints_pin_exactly_what_pyproject_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = _pins(project["dependencies"])
+    declared = _pins(project["dependencies"] + project["optional-dependencies"]["postgres"])
     constrained = _pins((ROOT / "deploy" / "constraints.txt").read_text().splitlines())
     for name, version in declared.items():
         assert constrained.get(name) == version, (
