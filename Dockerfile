@@ -9,6 +9,8 @@
 # Configuration comes only from environment variables (see config.py / `nightshift config`); nothing is baked in
 # except the ledger's location inside the container. See docs/deploy.md.
 #
+# Needs BuildKit (Docker 23+ default) or podman/buildah for COPY --chmod; build with `--format docker` under
+# podman/buildah to keep the HEALTHCHECK (the OCI image format has no field for it).
 # Works on python:3.11-slim and on the Debian bookworm stand-in base (system python3, PEP 668): everything is
 # installed into a venv at /opt/venv with `python3`, never into the system interpreter.
 
