@@ -108,6 +108,7 @@ def test_image_builds_small_and_non_root(image, capsys):
     uid, packages, *rest = listing.stdout.splitlines()
     assert uid == "10001"
     assert "huey" in packages and "app" in packages and "tasks.py" in packages
+    assert "psycopg2" in packages, "the image must carry the PostgreSQL driver (the `postgres` extra)"
     assert not [line for line in rest if line.strip()], f"unexpected files or pip in the image: {rest}"
     # The entry point passes a given command through (the producer side of the same image).
     version = sh(TOOL, "run", "--rm", "--no-healthcheck", image, "nightshift", "--version")
