@@ -5,6 +5,8 @@ run again after a crash (delivery is at-least-once).
 """
 from __future__ import annotations
 
+from huey.exceptions import TaskTimeout
+
 from app import record_progress, task
 from helpers import checksums, primes
 
@@ -18,11 +20,10 @@ def checksum_file(path: str) -> dict:
 @task(store_result=True, context=True, timeout=3600)
 def count_primes(limit: int, task=None) -> int:
     """Count the primes below LIMIT (a long CPU-bound computation that reports progress)."""
-    return primes.count_primes(
-        limit,
-        progress=lambda done, total, note: record_progress(task.id, done, total, note),
-        should_stop=lambda: bool(task.is_timed_out),
-    )
+    try:
+        return primes.count_primes(limit, progress=_progress(task), should_stop=lambda: bool(task.is_timed_out))
+    except TimeoutError as exc:  # stopped at its time limit: Huey's timeout, so the ledger says "timed out"
+        raise TaskTimeout(str(exc)) from exc
 
 
 # -- recipes: e-mail batches, webhooks, thumbnails, API pulls, bulk records ------------------------------------------

@@ -110,7 +110,10 @@ def _finish_attempt(job_id: str, attempt: int, outcome: str, stamp: datetime.dat
     and start time."""
     return _run(f'INSERT INTO "{ATTEMPT_TABLE}" ("job_id", "number", "worker", "started_at", "finished_at", '
                 f'"duration", "outcome", "error") SELECT "id", "attempt", "worker", "started_at", {{p}}, {{p}}, '
-                f'{{p}}, {{p}} FROM "{JOB_TABLE}" WHERE "id" = {{p}} AND "attempt" = {{p}} AND "state" = {{p}}',
+                f'{{p}}, {{p}} FROM "{JOB_TABLE}" WHERE "id" = {{p}} AND "attempt" = {{p}} AND "state" = {{p}} '
+                f'ON CONFLICT ("job_id", "number") DO UPDATE SET "worker" = excluded."worker", '
+                f'"started_at" = excluded."started_at", "finished_at" = excluded."finished_at", '
+                f'"duration" = excluded."duration", "outcome" = excluded."outcome", "error" = excluded."error"',
                 (stamp, duration, outcome, error, job_id, attempt, "running")).rowcount == 1
 
 

@@ -106,20 +106,28 @@ class NightshiftHuey(Huey):
         return super().enqueue(task)
 
     def push(self, tasks: Iterable[Task]) -> None:
-        """Put already-recorded tasks on Redis in one pipelined round trip: due ones on the queue, later ones
-        on the schedule."""
-        storage, tasks = self.storage, list(tasks)
-        conn = storage.conn if len(tasks) == 1 else storage.conn.pipeline(transaction=False)
+        """Put already-recorded tasks on Redis in one round trip: due ones on the queue (one ZADD, in order),
+        later ones on the schedule."""
+        storage = self.storage
         now = self._get_timestamp()
-        for task in tasks:
+        first = int(time.time() * 1e6)  # Huey's priority queue orders equal priorities by this prefix
+        queued: dict[bytes, float] = {}
+        scheduled: dict[bytes, float] = {}
+        for index, task in enumerate(tasks):
             data = self.serialize_task(task)
             if task.eta is not None and task.eta > now:
-                conn.zadd(storage.schedule_key, {data: storage.convert_ts(task.eta)})
+                scheduled[data] = storage.convert_ts(task.eta)
             else:
-                prefix = struct.pack(">Q", int(time.time() * 1e6))
-                conn.zadd(storage.queue_key, {prefix + data: -(task.priority or 0)})
-        if len(tasks) > 1:
-            conn.execute()
+                queued[struct.pack(">Q", first + index) + data] = -(task.priority or 0)
+        if queued and scheduled:
+            pipe = storage.conn.pipeline(transaction=False)
+            pipe.zadd(storage.queue_key, queued)
+            pipe.zadd(storage.schedule_key, scheduled)
+            pipe.execute()
+        elif queued:
+            storage.conn.zadd(storage.queue_key, queued)
+        elif scheduled:
+            storage.conn.zadd(storage.schedule_key, scheduled)
 
     def dequeue(self):
         data = self.storage.dequeue()
