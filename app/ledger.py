@@ -227,7 +227,8 @@ def discard(job_ids: Iterable[str], states: tuple[str, ...] = ("dead",)) -> list
 def record_dead_letter(job_id: str, task: str, reason: str, raw: bytes) -> None:
     """A message that could not become a job (unreadable, unsigned, unknown): kept dead with a preview."""
     stamp = now()
-    preview = raw[:PREVIEW_BYTES].decode("utf-8", "backslashreplace")
+    # Readable, and storable as text everywhere (PostgreSQL text refuses NUL characters).
+    preview = raw[:PREVIEW_BYTES].decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
     Job.insert(id=job_id, task=task, kwargs="{}", state="dead", reason=reason, raw=preview, created_at=stamp,
                updated_at=stamp, finished_at=stamp).on_conflict_ignore().execute()
 

@@ -188,7 +188,7 @@ def inject_poison(huey, key: str) -> dict[bytes, str]:
     codec = JSONCodec(key)
     message = {"v": 1, "id": "", "task": "add", "attempt": 1, "args": [], "kwargs": {"a": 1}}
     kinds = {
-        os.urandom(200): "not signed",
+        b"\x00\xff" + os.urandom(200): "not signed",  # a NUL byte too: PostgreSQL text refuses it raw
         b'{"id": "x", "task": ': "not signed",
         codec.sign(b'{"hello": "world"}'): "not a Nightshift task message",
         codec.sign(b'{"id": "x", "task": '): "not valid JSON",
