@@ -167,6 +167,11 @@ class NightshiftHuey(Huey):
     def revoke_all(self, task_class: Any, revoke_until: Any = None, revoke_once: bool = False) -> None:
         raise NotImplementedError("Nightshift cancels jobs in the ledger: use `nightshift cancel JOB...`")
 
+    def lock_task(self, lock_name: str, ttl: int | None = None):
+        """Huey's task lock, recording which worker holds it so cleanup can free it when that worker dies."""
+        from app.locks import HolderLock
+        return HolderLock(self, lock_name, ttl)
+
     def _execute(self, task: Task, timestamp: datetime.datetime):
         from app import lifecycle, monitoring
         # sentry-sdk's patched Huey.enqueue adds trace headers to the kwargs of a retry; they are no argument.
