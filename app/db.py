@@ -27,7 +27,9 @@ def open_database(url: str) -> peewee.Database:
         path = sqlite_path(url)
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        return peewee.SqliteDatabase(path, timeout=30, pragmas={
+        # Every transaction on the ledger writes: take the write lock at BEGIN (IMMEDIATE), so two processes
+        # that read and then write wait for each other instead of failing with "database is locked".
+        return peewee.SqliteDatabase(path, timeout=30, lock_type="IMMEDIATE", pragmas={
             "journal_mode": "wal", "synchronous": "normal", "busy_timeout": 30000, "foreign_keys": 1})
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]

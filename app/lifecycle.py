@@ -9,6 +9,7 @@ import datetime
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -29,18 +30,27 @@ from app.queue import NightshiftHuey, UnknownTask
 
 log = logging.getLogger("nightshift.worker")
 
-WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+WORKER_ID = ""
 # job id -> (task name, attempt, monotonic start, wall start): what this process is running now
 running: dict[str, tuple[str, int, float, datetime.datetime]] = {}
 jobs_done = 0
 _lock = threading.Lock()
 
 
+_id_pid = 0
+
+
 def worker_id() -> str:
-    """Identity of this process (recomputed after fork, for process workers)."""
-    global WORKER_ID
-    WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"
+    """Identity of this process: host:pid:nonce (made again after a fork, for process workers). The nonce keeps
+    two consumers apart that share a hostname and a pid, as containers on the host network running as pid 1 do."""
+    global WORKER_ID, _id_pid
+    if _id_pid != os.getpid():
+        WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+        _id_pid = os.getpid()
     return WORKER_ID
+
+
+worker_id()
 
 
 # -- before a job runs -------------------------------------------------------------------------------------------
