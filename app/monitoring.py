@@ -12,6 +12,9 @@ from typing import Any, ContextManager
 
 import config
 
+# Huey's control-flow exceptions, which the integration does not report: a job that dies of one (a task that
+# gave up with CancelExecution, e.g. a permanent error) is reported through its "dead" log line instead.
+CONTROL_FLOW = ("CancelExecution", "RetryTask", "TaskLockedException")
 _enabled = False
 _every_attempt = False
 
@@ -39,12 +42,13 @@ def setup_sentry(settings: config.Settings) -> bool:
 
 
 def _before_send(event: dict, hint: dict) -> dict | None:
-    """Drop the log line of a job that failed with an exception: the exception event already reports it.
-    Other error lines (dead letters, lease lost too often, keeper or recovery errors) are kept."""
+    """Drop the log line of a job that failed with an exception the integration reported already. Other error
+    lines (dead letters, lease lost too often, permanent failures, keeper or recovery errors) are kept."""
     record = hint.get("log_record") if hint else None
     job = getattr(record, "job", None)
     if isinstance(job, dict):
-        if job.get("error") and job.get("event") in ("dead", "retrying"):
+        error = job.get("error") or ""
+        if error and job.get("event") in ("dead", "retrying") and not error.startswith(CONTROL_FLOW):
             return None
         tags = event.setdefault("tags", {})
         for key in ("job_id", "task", "attempt"):

@@ -50,3 +50,10 @@ def record_effect(directory: str, seconds: float = 0.0, task=None) -> None:
 def sleep_for(seconds: float) -> None:
     """Sleep SECONDS."""
     time.sleep(seconds)
+
+
+@task(retries=3)
+def gives_up(reason: str = "the address does not exist") -> None:
+    """Fail for good on the first attempt (a permanent error): no retries."""
+    from huey.exceptions import CancelExecution
+    raise CancelExecution(reason, retry=False)

@@ -350,3 +350,18 @@ def test_metrics_are_served_for_prometheus(menv, start_worker):
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
     assert proc.returncode == 0
+
+
+def test_a_job_that_gives_up_for_good_reaches_sentry_too(menv, start_worker, sentry):
+    """Huey's integration skips CancelExecution (control flow); the job's "dead" line reports it instead."""
+    from app import ledger, submit
+    job_id = submit("gives_up")
+    worker = start_worker(SENTRY_DSN=sentry.dsn)
+    wait_until(lambda: job_state(job_id) == "dead", 15, message="dead")
+    assert [a.outcome for a in ledger.attempts(job_id)] == ["failed"]
+    mine = lambda: [e for e in sentry.events if e.get("tags", {}).get("job_id") == job_id]  # noqa: E731
+    wait_until(mine, 10, message="a Sentry event for the permanent failure")
+    assert worker.stop() == 0
+    [event] = mine()
+    assert event["tags"]["task"] == "gives_up" and event["level"] == "error"
+    assert "permanent error" in json.dumps(event)
