@@ -19,7 +19,7 @@ def ticks_won(workers) -> dict[int, list[tuple[int, int]]]:
     won: dict[int, list[tuple[int, int]]] = {}
     for worker in workers:
         for tick, who, count in WON.findall(worker.log()):
-            won.setdefault(int(tick), []).append((int(who.rsplit(":", 1)[1]), int(count)))
+            won.setdefault(int(tick), []).append((int(who.split(":")[1]), int(count)))  # host:pid:nonce
     return won
 
 
