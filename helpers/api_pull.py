@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import json
 import re
-import time
 import urllib.parse
 from typing import Any, Callable
 

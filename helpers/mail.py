@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import json
 import re
 import smtplib
 import socket
@@ -22,7 +21,7 @@ import urllib.parse
 import uuid
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.utils import formataddr, make_msgid, parseaddr
+from email.utils import make_msgid, parseaddr
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -30,6 +29,7 @@ import peewee
 
 from helpers import db as dbh
 from helpers.errors import PermanentError, TemporaryError
+from helpers.rows import read_rows
 
 
 class SmtpPermanentError(PermanentError):
@@ -165,32 +165,13 @@ def read_recipients(path: str | Path, email_field: str = "email") -> Iterator[Re
     path = Path(path)
     if not path.is_file():
         raise PermanentError(f"recipient file not found: {path}")
-    jsonl = path.suffix.lower() in (".jsonl", ".ndjson", ".json")
-    with open(path, encoding="utf-8-sig", newline="", errors="replace") as handle:
-        if jsonl:
-            for number, line in enumerate(handle, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as exc:
-                    yield number, f"not valid JSON: {exc}"
-                    continue
-                if not isinstance(row, dict):
-                    yield number, "not a JSON object"
-                    continue
-                yield _recipient(number, row, email_field)
-        else:
-            reader = csv.DictReader(handle)
-            if not reader.fieldnames or email_field not in reader.fieldnames:
+    fmt = "jsonl" if path.suffix.lower() in (".jsonl", ".ndjson", ".json") else "csv"
+    if fmt == "csv":
+        with open(path, encoding="utf-8-sig", newline="", errors="replace") as handle:
+            if email_field not in next(csv.reader(handle), []):
                 raise PermanentError(f"{path.name}: the CSV header has no {email_field!r} column")
-            last = reader.line_num
-            for row in reader:
-                number, last = last + 1, reader.line_num
-                if None in row or any(v is None for v in row.values()):
-                    yield number, f"expected {len(reader.fieldnames)} fields"
-                    continue
-                yield _recipient(number, row, email_field)
+    for number, row in read_rows(path, fmt):
+        yield (number, row) if isinstance(row, str) else _recipient(number, row, email_field)
 
 
 def _recipient(number: int, row: dict[str, Any], email_field: str) -> Recipient | tuple[int, str]:

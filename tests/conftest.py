@@ -6,7 +6,6 @@ its own ledger: a SQLite file, or with NIGHTSHIFT_TEST_DATABASE=postgres a fresh
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess

@@ -119,7 +119,7 @@ def seed(queue: str) -> Seed:
     put(lock("unknown-holder-new"), holder("newhost:3", 1), None, True)
     put(lock("no-holder"), huey.serializer.serialize("1"), None, True)
     s.bounded_lock = lock("no-holder")
-    put(result_key(f"rt:add"), flag, None, True)                    # a task-wide revocation: operator's
+    put(result_key("rt:add"), flag, None, True)                    # a task-wide revocation: operator's
     put(result_key("not-a-job-id"), b"x", None, True)               # somebody else's key
     put(f"huey.r.{queue}.other.{uuid.uuid4()}".encode(), value, None, True)   # queue "{queue}.other"
     # Seed fast: one script call per 5,000 keys of the same value and TTL.

@@ -6,7 +6,6 @@ import json
 import signal
 
 import pytest
-import redis
 
 from conftest import cli, wait_until
 

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 from PIL import Image

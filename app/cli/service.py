@@ -5,7 +5,7 @@ import click
 
 import config
 from app.cli import main
-from app.cli.common import EXIT_FAILED, echo_json, fail, json_option
+from app.cli.common import EXIT_FAILED, echo_json, json_option
 
 
 @main.command()
