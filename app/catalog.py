@@ -23,6 +23,10 @@ class BadArguments(ValueError):
     pass
 
 
+class TaskModuleError(ImportError):
+    """A module named by NIGHTSHIFT_TASK_MODULES cannot be imported."""
+
+
 def _registering(decorator: Callable[[Callable], TaskWrapper]) -> Callable[[Callable], TaskWrapper]:
     def register(func: Callable) -> TaskWrapper:
         wrapper = decorator(func)
@@ -61,7 +65,8 @@ def load_task_modules(modules: tuple[str, ...] | None = None) -> None:
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            raise ImportError(f"cannot import task module {name!r} (from NIGHTSHIFT_TASK_MODULES): {exc}") from exc
+            raise TaskModuleError(f"cannot import task module {name!r} named by NIGHTSHIFT_TASK_MODULES: {exc}; "
+                                  f"check the name and that the module is on the Python path") from exc
     _loaded = True
 
 

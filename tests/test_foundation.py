@@ -221,3 +221,11 @@ def test_graceful_stop_on_sigterm(env, start_worker):
     worker = start_worker()
     worker.signal(signal.SIGTERM)
     assert worker.proc.wait(15) == 0
+
+
+def test_a_task_module_that_cannot_be_imported_is_one_clear_line(env, start_worker):
+    out = cli(env, "tasks", NIGHTSHIFT_TASK_MODULES="tasks,no_such_module")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cannot import task module 'no_such_module' named by NIGHTSHIFT_TASK_MODULES" in out.stderr
+    worker = start_worker(wait=False, NIGHTSHIFT_TASK_MODULES="no_such_module")
+    assert worker.proc.wait(20) == 2 and "no_such_module" in worker.log() and "Traceback" not in worker.log()

@@ -11,7 +11,7 @@ import peewee
 import redis
 
 import config
-from app.catalog import BadArguments, UnknownTaskName
+from app.catalog import BadArguments, TaskModuleError, UnknownTaskName
 from app.codec import NotJSON
 
 EXIT_FAILED = 1      # the job failed / an operation could not be done
@@ -34,6 +34,8 @@ class cli(click.Group):
             raise
         except config.ConfigError as exc:
             fail(f"invalid configuration: {exc}", EXIT_USAGE)
+        except TaskModuleError as exc:
+            fail(str(exc), EXIT_USAGE)
         except (UnknownTaskName, BadArguments, NotJSON) as exc:
             fail(f"{str(exc).rstrip('.')}{'' if str(exc).endswith('?') else '.'} Nothing was queued.", EXIT_USAGE)
         except peewee.PeeweeException as exc:
