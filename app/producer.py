@@ -33,10 +33,12 @@ class Submission:
     delivery_error: str = ""
 
 
-def _check_arguments(task_class: type, arguments: dict, where: str = "") -> dict:
-    for name, value in arguments.items():
+def _check_arguments(task_class: type, arguments: dict, where: str = "", args: tuple = ()) -> dict:
+    """Arguments as keyword arguments, checked against the task's signature and for JSON values only."""
+    kwargs = catalog.bind_arguments(task_class, tuple(args), arguments)
+    for name, value in kwargs.items():
         ensure_json(value, f"{where}argument {name!r}")
-    return catalog.bind_arguments(task_class, (), arguments)
+    return kwargs
 
 
 def _row(task: Task, key: str | None) -> dict:
@@ -45,15 +47,18 @@ def _row(task: Task, key: str | None) -> dict:
             "priority": task.priority or 0, "timeout": task.timeout, "eta": task.eta, "key": key}
 
 
+def submit_direct(task: Task) -> Submission:
+    """A task Huey enqueues that nobody recorded yet (a decorated task called directly, a periodic run, the next
+    step of a pipeline): checked like any submission, then recorded and queued."""
+    task.kwargs, task.args = _check_arguments(type(task), task.kwargs, args=task.args), ()
+    return submit_tasks([task])
+
+
 def submit_tasks(tasks: list[Task], key: str | None = None) -> Submission:
-    """Record new task instances in the ledger, then put them on Redis in one round trip."""
+    """Record new task instances, their arguments already checked (`build_task`, `submit_direct`), in the
+    ledger, then put them on Redis in one round trip."""
     for task in tasks:
         task.attempt = 1
-        for name, value in task.kwargs.items():
-            ensure_json(value, f"argument {name!r}")
-        if task.args:
-            task.kwargs = catalog.bind_arguments(type(task), task.args, task.kwargs)
-            task.args = ()
     init_db()
     if key is not None:
         return _submit_with_key(tasks[0], key)

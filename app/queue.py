@@ -101,7 +101,7 @@ class NightshiftHuey(Huey):
         """Huey's enqueue, except a task never seen before is recorded in the ledger first (direct calls)."""
         if getattr(task, "attempt", None) is None and not self._immediate:
             from app import producer
-            producer.submit_tasks([task])
+            producer.submit_direct(task)
             return Result(self, task)
         return super().enqueue(task)
 
