@@ -50,8 +50,8 @@ FROM ${PYTHON_IMAGE}
 RUN groupadd --gid 10001 nightshift \
  && useradd --uid 10001 --gid nightshift --no-log-init --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin nightshift \
- && mkdir -p /data \
- && chown nightshift:nightshift /data \
+ && mkdir -p /data/files \
+ && chown nightshift:nightshift /data /data/files \
  && chmod 0750 /data
 
 COPY --from=build /opt/venv /opt/venv

@@ -6,8 +6,11 @@ start-up rather than in the middle of the night.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
+import zoneinfo
 from typing import Any, Callable, Mapping
 
 
@@ -90,27 +93,102 @@ def _cron(raw: str) -> str:
     return value
 
 
-def setting(env: str, default: Any, parse: Callable[[str], Any], help: str) -> Any:
-    return dataclasses.field(default=default, metadata={"env": env, "parse": parse, "help": help})
+def _webhook_secret(raw: str) -> str:
+    """whsec_ followed by base64 (Standard Webhooks), or empty for unsigned deliveries"""
+    value = raw.strip()
+    if not value:
+        return ""
+    if not value.startswith("whsec_"):
+        raise ValueError("must start with whsec_ (a Standard Webhooks secret); make one with: python3 -c "
+                         "\"import base64,os; print('whsec_' + base64.b64encode(os.urandom(32)).decode())\"")
+    try:
+        key = base64.b64decode(value[len("whsec_"):], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after whsec_ must be base64") from None
+    if len(key) < 16:
+        raise ValueError("the key after whsec_ must be at least 16 bytes (24 base64 characters)")
+    return value
+
+
+def _directories(raw: str) -> tuple[str, ...]:
+    """one or more directories separated by ':' (relative ones are taken from the working directory)"""
+    items = tuple(os.path.abspath(part.strip()) for part in raw.split(":") if part.strip())
+    if not items:
+        raise ValueError("must name at least one directory")
+    if any(os.path.realpath(item) == os.path.sep for item in items):
+        raise ValueError("must not be / (that would let file tasks read and write anything the worker can)")
+    return items
+
+
+def _timezone(raw: str) -> str:
+    """an IANA time zone name such as UTC or Europe/Berlin"""
+    value = raw.strip()
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError("is not a time zone this system knows") from None
+    return value
+
+
+def setting(env: str, default: Any, parse: Callable[[str], Any], help: str, secret: bool = False,
+            separator: str = ",", default_from: Callable[[Mapping[str, str]], Any] | None = None,
+            shown: str | None = None) -> Any:
+    """A field of Settings; `secret` ones (or ones that may carry a password) are never shown as they are;
+    `separator` joins a list setting's items when it is shown. `default_from` computes the default from the
+    environment when it depends on it; `shown` is how `nightshift config` and the docs state such a default."""
+    return dataclasses.field(default=default, repr=not secret,
+                             metadata={"env": env, "parse": parse, "help": help, "secret": secret,
+                                       "separator": separator, "default_from": default_from, "shown": shown})
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> str:
+    """Where the default ledger lives: $XDG_DATA_HOME/nightshift, else ~/.local/share/nightshift (the XDG base
+    directory rule), so the default does not depend on the working directory (a cron line runs from $HOME, a
+    shell from anywhere)."""
+    environ = os.environ if environ is None else environ
+    base = environ.get("XDG_DATA_HOME", "")
+    if not os.path.isabs(base):  # the XDG rule: a relative value is ignored
+        home = environ.get("HOME") or os.path.expanduser("~")
+        base = os.path.join(home, ".local", "share")
+    return os.path.join(base, "nightshift")
+
+
+def default_database_url(environ: Mapping[str, str]) -> str:
+    return "sqlite:///" + os.path.join(default_data_dir(environ), "nightshift.db")
+
+
+def default_files_root(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Beside the default ledger, not in the working directory: the producer and the worker agree on it wherever
+    each was started."""
+    return (os.path.join(default_data_dir(environ), "files"),)
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
     redis_url: str = setting("NIGHTSHIFT_REDIS_URL", "redis://localhost:6379/0",
-                             _url("redis", "rediss", "unix"), "Redis that carries the queue")
-    database_url: str = setting("NIGHTSHIFT_DATABASE_URL", "sqlite:///data/nightshift.db",
+                             _url("redis", "rediss", "unix"), "Redis that carries the queue", secret=True)
+    database_url: str = setting("NIGHTSHIFT_DATABASE_URL", default_database_url(os.environ),
                                 _url("sqlite", "postgresql", "postgres"),
-                                "job ledger: sqlite:///relative/path.db, sqlite:////abs/path.db or postgresql://")
-    queue: str = setting("NIGHTSHIFT_QUEUE", "nightshift", _str, "queue name (several services can share a Redis)")
+                                "job ledger: sqlite:////abs/path.db, sqlite:///relative/path.db (to the working "
+                                "directory) or postgresql://; the worker creates a missing SQLite ledger, a "
+                                "producer refuses to", secret=True, default_from=default_database_url,
+                                shown="sqlite:///$XDG_DATA_HOME/nightshift/nightshift.db "
+                                      "($XDG_DATA_HOME defaults to ~/.local/share)")
+    queue: str = setting("NIGHTSHIFT_QUEUE", "nightshift", _str,
+                         "queue name (several services can share a Redis and a ledger; each recovers and lists "
+                         "its own queue's jobs)")
     task_modules: tuple = setting("NIGHTSHIFT_TASK_MODULES", ("tasks",), _list,
                                   "comma-separated modules that define tasks")
     signing_key: str = setting("NIGHTSHIFT_SIGNING_KEY", "", _str,
-                               "when set, messages are signed with HMAC-SHA256 and unsigned ones refused")
+                               "when set, messages are signed with HMAC-SHA256 and unsigned ones refused", secret=True)
     workers: int = setting("NIGHTSHIFT_WORKERS", 2, _int(1), "worker threads or processes per consumer")
     worker_type: str = setting("NIGHTSHIFT_WORKER_TYPE", "thread", _choice("thread", "process", "greenlet"),
                                "how workers run")
     max_tasks_per_worker: int = setting("NIGHTSHIFT_MAX_TASKS_PER_WORKER", 0, _int(0),
-                                        "process workers are replaced after this many jobs (0: never)")
+                                        "a worker (process or thread) is replaced after this many jobs (0: never)")
+    max_memory_mb: int = setting("NIGHTSHIFT_MAX_MEMORY_MB", 0, _int(0),
+                                 "a worker process over this resident memory (MB) is replaced after its job; with "
+                                 "thread workers the consumer restarts (0: never)")
     result_ttl: int = setting("NIGHTSHIFT_RESULT_TTL", 3600, _int(1), "seconds a stored result is kept")
     log_level: str = setting("NIGHTSHIFT_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"),
                              "log level")
@@ -131,6 +209,8 @@ class Settings:
                                        "how often a consumer records that it is alive")
     tick_seconds: int = setting("NIGHTSHIFT_TICK_SECONDS", 60, _int(1),
                                 "length of a periodic-task tick (60 in production; shorter in tests)")
+    timezone: str = setting("NIGHTSHIFT_TIMEZONE", "UTC", _timezone,
+                            "time zone whose wall clock periodic tasks' crontabs follow (a task's tz= overrides)")
     cleanup_cron: str = setting("NIGHTSHIFT_CLEANUP_CRON", "0 * * * *", _cron,
                                 "when the built-in cleanup runs (crontab: minute hour day month weekday; off)")
     cleanup_batch: int = setting("NIGHTSHIFT_CLEANUP_BATCH", 1000, _int(1),
@@ -158,13 +238,18 @@ class Settings:
     alert_window: float = setting("NIGHTSHIFT_ALERT_WINDOW", 900.0, _float(1),
                                   "seconds over which failure rate and dead letters are counted")
     smtp_url: str = setting("NIGHTSHIFT_SMTP_URL", "smtp://localhost:25", _url("smtp", "smtps"),
-                            "SMTP server for e-mail tasks: smtp://user:pass@host:port?starttls=1, or smtps://")
+                            "SMTP server for e-mail tasks: smtp://user:pass@host:port?starttls=1, or smtps://",
+                            secret=True)
     email_from: str = setting("NIGHTSHIFT_EMAIL_FROM", "nightshift@localhost", _str,
                               "default From address of e-mail tasks")
     email_rate: float = setting("NIGHTSHIFT_EMAIL_RATE", 10.0, _float(0),
                                 "e-mails per second a batch is spread over, and per worker process (0: no limit)")
-    webhook_secret: str = setting("NIGHTSHIFT_WEBHOOK_SECRET", "", _str,
-                                  "HMAC-SHA256 key that signs webhook deliveries (unsigned when empty)")
+    webhook_secret: str = setting("NIGHTSHIFT_WEBHOOK_SECRET", "", _webhook_secret,
+                                  "whsec_<base64 key>: signs webhook deliveries the Standard Webhooks way "
+                                  "(unsigned when empty)", secret=True)
+    webhook_legacy_signature: bool = setting("NIGHTSHIFT_WEBHOOK_LEGACY_SIGNATURE", False, _bool,
+                                             "also send the old X-Nightshift-Signature/-Timestamp/-Delivery "
+                                             "headers, for receivers not yet moved to Standard Webhooks")
     webhook_allow_private: bool = setting("NIGHTSHIFT_WEBHOOK_ALLOW_PRIVATE", False, _bool,
                                           "let webhooks reach private, loopback and link-local addresses")
     webhook_timeout: float = setting("NIGHTSHIFT_WEBHOOK_TIMEOUT", 10.0, _float(0.1),
@@ -173,7 +258,11 @@ class Settings:
                                "requests per second an API pull makes (0: no limit)")
     pull_allow_private: bool = setting("NIGHTSHIFT_PULL_ALLOW_PRIVATE", False, _bool,
                                        "let API pulls reach private, loopback and link-local addresses")
-    sentry_dsn: str = setting("SENTRY_DSN", "", _str, "send task errors to Sentry when set")
+    files_root: tuple = setting("NIGHTSHIFT_FILES_ROOT", (), _directories,
+                                "directories (':'-separated) file tasks may read and write; relative task paths "
+                                "start in the first", separator=":", default_from=default_files_root,
+                                shown="$XDG_DATA_HOME/nightshift/files ($XDG_DATA_HOME defaults to ~/.local/share)")
+    sentry_dsn: str = setting("SENTRY_DSN", "", _str, "send task errors to Sentry when set", secret=True)
     sentry_every_attempt: bool = setting("NIGHTSHIFT_SENTRY_EVERY_ATTEMPT", False, _bool,
                                          "report every failed attempt, not only the final failure")
     sentry_environment: str = setting("SENTRY_ENVIRONMENT", "", _str, "Sentry environment tag")
@@ -187,9 +276,9 @@ def describe() -> list[tuple[str, str, str]]:
     """(variable, default, help) for every setting, for docs and `nightshift config`."""
     rows = []
     for field in dataclasses.fields(Settings):
-        default = field.default
+        default = field.metadata["shown"] or field.default
         if isinstance(default, tuple):
-            default = ",".join(default)
+            default = field.metadata["separator"].join(default)
         rows.append((field.metadata["env"], str(default), field.metadata["help"]))
     return rows
 
@@ -203,13 +292,16 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         env = field.metadata["env"]
         raw = environ.get(env)
         if raw is None:
+            if field.metadata["default_from"] is not None:
+                values[field.name] = field.metadata["default_from"](environ)
             continue
         parse = field.metadata["parse"]
         try:
             values[field.name] = parse(raw)
         except ValueError as exc:
             expected = (parse.__doc__ or "").strip()
-            errors.append(f"{env}={raw!r} is invalid: {exc}" + (f" (expected {expected})" if expected else ""))
+            shown = env if field.metadata["secret"] else f"{env}={raw!r}"  # a secret is not echoed back
+            errors.append(f"{shown} is invalid: {exc}" + (f" (expected {expected})" if expected else ""))
     if errors:
         raise ConfigError("; ".join(errors))
     return Settings(**values)

@@ -11,10 +11,10 @@ from app import record_progress, task
 from helpers import checksums, primes
 
 
-@task(store_result=True, retries=2, retry_delay=1)
-def checksum_file(path: str) -> dict:
-    """SHA-256 of a file on the worker's disk."""
-    return {"path": path, "sha256": checksums.sha256_file(path)}
+@task(store_result=True, context=True, retries=2, retry_delay=1)
+def checksum_file(path: str, task=None) -> dict:
+    """SHA-256 of a file under NIGHTSHIFT_FILES_ROOT on the worker's disk."""
+    return {"path": path, "sha256": _outcome(task, lambda: checksums.sha256_file(_allowed(path)))}
 
 
 @task(store_result=True, context=True, timeout=3600)
@@ -34,6 +34,7 @@ def count_primes(limit: int, task=None) -> int:
 
 import math  # noqa: E402
 import threading  # noqa: E402
+from pathlib import PurePath  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 from huey.exceptions import CancelExecution, RetryTask  # noqa: E402
@@ -42,6 +43,7 @@ import config  # noqa: E402
 from app import submit_many  # noqa: E402
 from app.db import init as ledger_database  # noqa: E402
 from helpers.backoff import backoff_delay  # noqa: E402
+from helpers import paths  # noqa: E402
 from helpers.errors import PermanentError, TemporaryError  # noqa: E402
 from helpers.ratelimit import RateLimiter  # noqa: E402
 
@@ -61,6 +63,11 @@ def _outcome(task: Any, call: Callable[[], Any], cap: float = 3600.0) -> Any:
         delay = backoff_delay(task.attempt or 1, base=task.retry_delay or 1.0, cap=cap, retry_after=exc.retry_after)
         task.retries -= 1  # RetryTask alone does not use up a retry; this one must
         raise RetryTask(f"{type(exc).__name__}: {exc}", delay=delay) from exc
+
+
+def _allowed(path: Any, what: str = "path") -> str:
+    """PATH resolved inside NIGHTSHIFT_FILES_ROOT, or a PermanentError: every file task reads and writes only there."""
+    return str(paths.confine(path, config.get().files_root, what))
 
 
 def _first_errors(errors: list) -> list:
@@ -93,7 +100,8 @@ def send_email_batch(recipients: str, subject: str, body: str, html: str | None 
     Fans out one send_email job per distinct recipient, spread over time at NIGHTSHIFT_EMAIL_RATE per second.
     The batch id (default: this job's id, so a retried batch keeps it) makes each recipient get it at most once."""
     from helpers import mail
-    plan = _outcome(task, lambda: mail.plan_batch(recipients, subject, body, email_field, html=html))
+    plan = _outcome(task, lambda: mail.plan_batch(_allowed(recipients, "recipients"), subject, body, email_field,
+                                                  html=html))
     batch = batch_id or task.id
     jobs = [{"batch_id": batch, "to": m["to"], "subject": m["subject"], "body": m["body"], "html": m["html"],
              "sender": sender} for m in plan["messages"]]
@@ -120,36 +128,47 @@ def send_email(batch_id: str, to: str, subject: str, body: str, html: str | None
 @task(store_result=True, context=True, retries=8, retry_delay=2)
 def deliver_webhook(url: str, payload: Any, event: str | None = None, headers: dict | None = None,
                     task=None) -> dict:
-    """POST PAYLOAD as JSON to URL, signed with NIGHTSHIFT_WEBHOOK_SECRET; the job id is the delivery id.
+    """POST PAYLOAD as JSON to URL, signed (Standard Webhooks) with NIGHTSHIFT_WEBHOOK_SECRET; the job id is the
+    delivery id (webhook-id).
 
     Timeouts, connection errors, 429 and 5xx are retried with backoff (honouring Retry-After); other 4xx are final."""
     from helpers import webhooks
     settings = config.get()
     return _outcome(task, lambda: webhooks.deliver_webhook(
         url, payload, task.id, settings.webhook_secret, timeout=settings.webhook_timeout,
-        allow_private=settings.webhook_allow_private, headers=headers, event=event))
+        allow_private=settings.webhook_allow_private, headers=headers, event=event,
+        legacy_signature=settings.webhook_legacy_signature))
 
 
 @task(store_result=True, context=True, retries=2, retry_delay=5)
 def make_thumbnail(path: str, width: int, output: str | None = None, task=None) -> dict:
-    """Write a WIDTH-pixel-wide copy of the image at PATH (default output: NAME.thumb-WIDTH.EXT beside it)."""
+    """Write a WIDTH-pixel-wide copy of the image at PATH (default output: NAME.thumb-WIDTH.EXT beside it); both
+    under NIGHTSHIFT_FILES_ROOT."""
     from helpers import files
-    return _outcome(task, lambda: files.make_thumbnail(path, width, output))
+
+    def thumbnail() -> dict:
+        source = _allowed(path)
+        target = _allowed(output if output is not None else files.thumbnail_path(source, width), "output")
+        return files.make_thumbnail(source, width, target)
+    return _outcome(task, thumbnail)
 
 
 @task(store_result=True, context=True, retries=5, retry_delay=30)
 def pull_pages(url: str, name: str | None = None, records_key: str = "records", id_key: str = "id",
                next_key: str = "next", cursor_param: str | None = None, max_pages: int | None = None,
-               restart: bool = False, headers: dict | None = None, task=None) -> dict:
+               restart: bool = False, headers: dict | None = None, follow_other_origins: bool = False,
+               task=None) -> dict:
     """Pull a paginated JSON API into the nightshift_pulled_records table, resuming from the last saved page.
 
-    Runs at NIGHTSHIFT_PULL_RATE requests per second; a finished pull does nothing unless RESTART."""
+    Runs at NIGHTSHIFT_PULL_RATE requests per second; a finished pull does nothing unless RESTART. HEADERS go only
+    to URL's origin: a next page elsewhere fails the job, or is fetched without them with FOLLOW_OTHER_ORIGINS."""
     from helpers import api_pull
     settings = config.get()
     return _outcome(task, lambda: api_pull.pull_pages(
         ledger_database(), url, name=name, id_key=id_key, records_key=records_key, next_key=next_key,
         cursor_param=cursor_param, rate=settings.pull_rate or None, max_pages=max_pages, restart=restart,
-        allow_private=settings.pull_allow_private, headers=headers, progress=_progress(task)))
+        allow_private=settings.pull_allow_private, headers=headers, progress=_progress(task),
+        follow_other_origins=follow_other_origins))
 
 
 @task(store_result=True, context=True, retries=2, retry_delay=10)
@@ -158,7 +177,7 @@ def import_records(path: str, dataset: str | None = None, key: str = "id", fmt: 
     """Upsert a CSV or JSON-lines file into the nightshift_records table; bad rows are rejected by line number."""
     from helpers import records
     result = _outcome(task, lambda: records.import_records(
-        ledger_database(), path, dataset=dataset, key=key, fmt=fmt, required=required or (),
-        batch_size=batch_size, progress=_progress(task)))
+        ledger_database(), _allowed(path), dataset=dataset or PurePath(path).stem, key=key, fmt=fmt,
+        required=required or (), batch_size=batch_size, progress=_progress(task)))
     result["errors"] = _first_errors(result["errors"])
     return result

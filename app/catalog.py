@@ -5,11 +5,15 @@ import difflib
 import functools
 import importlib
 import inspect
+import traceback
+import types
+import typing
 from typing import Any, Callable
 
 from huey.api import PeriodicTask, TaskWrapper
 
 import config
+from app import flow, schedule
 from app.queue import get_huey
 
 _loaded = False
@@ -37,14 +41,27 @@ def _registering(decorator: Callable[[Callable], TaskWrapper]) -> Callable[[Call
 
 def task(**options: Any) -> Callable[[Callable], TaskWrapper]:
     """Register a task. Takes Huey's options (retries, retry_delay, retry_backoff, timeout, priority, expires,
-    context, name) and `store_result=True` for tasks whose return value someone reads."""
+    context, name), `store_result=True` for tasks whose return value someone reads, `lease=SECONDS` for a task
+    that may block its worker (holding the GIL) longer than NIGHTSHIFT_LEASE_SECONDS, and the flow limits held
+    across all consumers (app.flow): `rate_limit="5/s"`, `concurrency=N`, `concurrency_key="argument"`."""
     options.setdefault("store_result", False)
-    return _registering(get_huey().task(**options))
+    register = _registering(get_huey().task(**options))
+
+    def checked(func: Callable) -> TaskWrapper:
+        flow.check_options(options, list(inspect.signature(func).parameters))
+        return register(func)
+    return checked
 
 
-def periodic_task(validate_datetime: Callable, **options: Any) -> Callable[[Callable], TaskWrapper]:
-    """Register a task that the scheduler enqueues whenever `validate_datetime` (e.g. huey's crontab) matches."""
+def periodic_task(validate_datetime: Callable, tz: str | None = None,
+                  **options: Any) -> Callable[[Callable], TaskWrapper]:
+    """Register a task that the scheduler enqueues whenever `validate_datetime` (e.g. `crontab(...)`) matches the
+    wall clock of time zone `tz` (default NIGHTSHIFT_TIMEZONE, itself UTC by default), with cron's rules across
+    daylight-saving changes (app.schedule.Zoned)."""
     options.setdefault("store_result", False)
+    if tz is not None:
+        schedule.zone(tz)  # an unknown zone fails at import, not at the first tick
+    validate_datetime = schedule.Zoned(validate_datetime, tz)
     register = _registering(get_huey().periodic_task(validate_datetime, **options))
 
     def keep_schedule(func: Callable) -> TaskWrapper:
@@ -64,10 +81,24 @@ def load_task_modules(modules: tuple[str, ...] | None = None) -> None:
     for name in modules or config.get().task_modules:
         try:
             importlib.import_module(name)
-        except ImportError as exc:
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and not (name == exc.name or name.startswith(exc.name + ".")):
+                raise TaskModuleError(f"task module {name!r} named by NIGHTSHIFT_TASK_MODULES failed to import "
+                                      f"{exc.name!r} ({_where(exc, name)}): install it, or fix that import") from exc
             raise TaskModuleError(f"cannot import task module {name!r} named by NIGHTSHIFT_TASK_MODULES: {exc}; "
                                   f"check the name and that the module is on the Python path") from exc
+        except Exception as exc:  # noqa: BLE001 - any error at import (a bad crontab, a typo) is the module's
+            raise TaskModuleError(f"task module {name!r} named by NIGHTSHIFT_TASK_MODULES failed at import "
+                                  f"({_where(exc, name)}): {type(exc).__name__}: {exc}") from exc
     _loaded = True
+
+
+def _where(exc: BaseException, module: str) -> str:
+    """file:line of the task module's own line that raised `exc` (the last frame in that module's file)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    stem = module.replace(".", "/")
+    own = [f for f in frames if f.filename.endswith((f"{stem}.py", f"{stem}/__init__.py"))] or frames[-1:]
+    return f"{own[-1].filename}:{own[-1].lineno}" if own else module
 
 
 def task_classes() -> dict[str, type]:
@@ -92,8 +123,25 @@ def signature_of(task_class: type) -> inspect.Signature:
     return sig
 
 
+@functools.lru_cache(maxsize=None)
+def _keyword_shape(task_class: type) -> tuple[frozenset, frozenset] | None:
+    """(parameter names, required ones) when every parameter can be passed by keyword and there is no *args or
+    **kwargs; None otherwise (then Signature.bind decides)."""
+    names, required = set(), set()
+    for p in signature_of(task_class).parameters.values():
+        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            return None
+        names.add(p.name)
+        if p.default is p.empty:
+            required.add(p.name)
+    return frozenset(names), frozenset(required)
+
+
 def bind_arguments(task_class: type, args: tuple, kwargs: dict) -> dict:
     """Arguments as keyword arguments, checked against the task's signature (missing or unexpected ones)."""
+    shape = None if args else _keyword_shape(task_class)
+    if shape is not None and kwargs.keys() <= shape[0] and shape[1] <= kwargs.keys():
+        return dict(kwargs)  # the common case (bulk files), without Signature.bind's cost; errors take the path below
     sig = signature_of(task_class)
     try:
         bound = sig.bind(*args, **kwargs)
@@ -134,3 +182,73 @@ def describe(task_class: type) -> dict:
         "periodic": issubclass(task_class, PeriodicTask),
         "store_result": bool(getattr(task_class, "store_result", False)),
     }
+
+
+# -- simple type hints, checked at submit ------------------------------------------------------------------------
+
+_SIMPLE = (bool, int, float, str, list, dict)
+
+
+@functools.lru_cache(maxsize=None)
+def type_hints(task_class: type) -> dict[str, tuple[type, ...] | None]:
+    """Per parameter, the JSON types its hint accepts (int, float, str, bool, list, dict, None, and unions of
+    them, generics by their origin); None for a hint that is not that simple (it is not checked)."""
+    try:
+        hints = typing.get_type_hints(task_class.func)
+    except Exception:  # noqa: BLE001 - a hint that does not resolve is not checked
+        return {}
+    accepted: dict[str, tuple[type, ...] | None] = {}
+    for name, hint in hints.items():
+        parts = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        kinds = []
+        for part in parts:
+            part = typing.get_origin(part) or part
+            if part is type(None) or part in _SIMPLE:
+                kinds.append(part)
+            else:
+                kinds = None
+                break
+        accepted[name] = tuple(kinds) if kinds else None
+    return accepted
+
+
+def _fits(value: Any, kinds: tuple[type, ...]) -> bool:
+    for kind in kinds:
+        if kind is type(None) and value is None:
+            return True
+        if kind is bool and isinstance(value, bool):
+            return True
+        if kind is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if kind in (str, list, dict) and isinstance(value, kind):
+            return True
+    return False
+
+
+def check_types(task_class: type, kwargs: dict) -> None:
+    """Refuse a value its parameter's simple type hint does not accept (an int is fine for a float)."""
+    hints = type_hints(task_class)
+    parameters = signature_of(task_class).parameters
+    for name, value in kwargs.items():
+        kinds = hints.get(name)
+        if value is None and name in parameters and parameters[name].default is None:
+            continue  # `x: str = None` takes None
+        if kinds and not _fits(value, kinds):
+            wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+            raise BadArguments(f"{task_class.__name__}: argument {name!r} must be {wanted}, "
+                               f"got {type(value).__name__} {shown}")
+
+
+def takes_text(task_class: type, name: str) -> bool:
+    """Whether parameter `name` is hinted as a string (the CLI then keeps `--arg name=42` as the text "42")."""
+    kinds = type_hints(task_class).get(name)
+    return bool(kinds) and str in kinds and not set(kinds) - {str, type(None)}
+
+
+def parameter_names(task_class: type) -> set[str]:
+    """The task's named parameters (not *args/**kwargs)."""
+    return {p.name for p in signature_of(task_class).parameters.values()
+            if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}

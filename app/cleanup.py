@@ -11,6 +11,10 @@ What goes:
   older than NIGHTSHIFT_LOCK_MAX_AGE; a lock without a recorded holder is removed when no worker of the queue is
   alive, and otherwise given NIGHTSHIFT_LOCK_MAX_AGE as a TTL so it cannot outlive that.
 
+Which queue: the ledger's rows are cleaned for every queue sharing the ledger (retention is one setting, and only
+finished jobs and silent workers go, so another service's jobs lose nothing they still need); Redis keys only in
+this service's queue's namespace.
+
 How: in batches of NIGHTSHIFT_CLEANUP_BATCH (one short transaction per batch of rows; SCAN ... COUNT and
 pipelined UNLINK for keys), so a large cleanup never holds the database or Redis for long. Every delete is
 idempotent and re-checks its condition where it is applied (DELETE ... WHERE, compare-and-delete scripts in
@@ -62,6 +66,7 @@ return out"""
 class Report:
     """What one cleanup removed (or, with dry_run, would remove)."""
     dry_run: bool = False
+    queue: str = ""
     jobs_succeeded: int = 0
     jobs_failed: int = 0
     attempts: int = 0
@@ -89,8 +94,9 @@ class Report:
 
     def summary(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
-        return (f"{verb}: {self.jobs_succeeded} succeeded and {self.jobs_failed} dead/canceled/expired jobs "
-                f"({self.attempts} attempts), {self.previews} dead-letter previews, {self.workers} worker rows, "
+        return (f"{verb} (ledger rows of all queues; Redis keys of queue {self.queue!r}): {self.jobs_succeeded} "
+                f"succeeded and {self.jobs_failed} dead/canceled/expired jobs ({self.attempts} attempts), "
+                f"{self.previews} dead-letter previews, {self.workers} worker rows, "
                 f"{self.results} results, {self.revoke_flags} revocation flags, {self.locks} stale locks; "
                 f"{self.bytes_freed} bytes freed{' (estimated)' if self.dry_run else ''}; "
                 f"{self.locks_bounded} lock(s) without holder given a TTL; {self.seconds:.2f}s")
@@ -293,7 +299,7 @@ def run(huey: NightshiftHuey | None = None, dry_run: bool = False,
     init_db()
     huey = huey or get_huey()
     now = now or ledger.now()
-    report = Report(dry_run=dry_run)
+    report = Report(dry_run=dry_run, queue=huey.name)
     clean_ledger(report, now, settings)
     clean_redis(report, huey, now, settings)
     report.seconds = round(time.monotonic() - started, 3)

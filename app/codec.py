@@ -32,10 +32,13 @@ class NotJSON(TypeError):
 
 _HEX = re.compile(rb"[0-9a-f]{64}")
 _SCALARS = (str, int, float, bool, type(None))
+MAX_DEPTH = 100  # nesting levels of lists and objects in an argument (deeper ones hit Python's recursion limit)
 
 
-def ensure_json(value: Any, where: str) -> None:
+def ensure_json(value: Any, where: str, depth: int = 0) -> None:
     """Refuse anything but JSON values: dicts with string keys, lists, str, int, finite float, bool, None."""
+    if depth > MAX_DEPTH:
+        raise NotJSON(f"{where} is nested deeper than {MAX_DEPTH} levels")
     if isinstance(value, float):
         if not math.isfinite(value):
             raise NotJSON(f"{where} is {value!r}, which JSON cannot represent")
@@ -44,13 +47,13 @@ def ensure_json(value: Any, where: str) -> None:
         return
     if isinstance(value, list):
         for index, item in enumerate(value):
-            ensure_json(item, f"{where}[{index}]")
+            ensure_json(item, f"{where}[{index}]", depth + 1)
         return
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise NotJSON(f"{where} has a non-string key {key!r}; JSON object keys are strings")
-            ensure_json(item, f"{where}[{key!r}]")
+            ensure_json(item, f"{where}[{key!r}]", depth + 1)
         return
     hint = " (pass an ISO-8601 string)" if isinstance(value, (datetime.date, datetime.time)) else \
         " (pass a list)" if isinstance(value, (tuple, set, frozenset)) else " (pass an id, not an object)"
@@ -74,12 +77,35 @@ def _hook(obj: dict) -> Any:
     return obj
 
 
+_ENCODER = json.JSONEncoder(default=_default, allow_nan=False, separators=(",", ":"))  # made once: json.dumps
+# with these options would build a new encoder for every message
+
+
 def dumps(value: Any) -> bytes:
-    return json.dumps(value, default=_default, allow_nan=False, separators=(",", ":")).encode()
+    return _ENCODER.encode(value).encode()
 
 
 def loads(data: bytes) -> Any:
     return json.loads(data, object_hook=_hook)
+
+
+MAX_ID_PARSE = 1 << 20  # a refused message larger than this is not parsed for its job id
+
+
+def job_id_of(data: bytes) -> str | None:
+    """The "id" a refused message names, if it can be read at all: signed or not, JSON-tolerant, bounded in size
+    and depth; None when there is no usable id. Used only to attribute a refused message to its job."""
+    data = bytes(data)
+    if data[64:65] == b":" and _HEX.fullmatch(data[:64]):
+        data = data[65:]
+    if len(data) > MAX_ID_PARSE:
+        return None
+    try:
+        message = json.loads(data)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    job_id = message.get("id") if isinstance(message, dict) else None
+    return job_id if isinstance(job_id, str) and job_id else None
 
 
 class JSONCodec(Serializer):

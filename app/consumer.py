@@ -5,24 +5,29 @@ NIGHTSHIFT_SHUTDOWN_TIMEOUT, then queue whatever is still running again as a new
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
 import redis
-from huey.consumer import Consumer
+from huey.consumer import Consumer, ConsumerStopped, Worker, WorkerRecycle
 
 import config
-from app import ledger, lifecycle
+from app import canceling, clock, db, flow, ledger, lifecycle, pausing, recovery
 from app.db import init as init_db
 from app.models import WorkerBeat
 from app.schedule import TickScheduler
 
 log = logging.getLogger("nightshift.worker")
+
+PR_SET_PDEATHSIG = 1
+CLOCK_SYNC_SECONDS = 30.0
 
 
 def rss_bytes() -> int:
@@ -37,36 +42,65 @@ def rss_bytes() -> int:
 class Keeper(threading.Thread):
     """Renews the leases of the jobs this process runs and records its heartbeat."""
 
-    def __init__(self, queue: str) -> None:
+    def __init__(self, huey) -> None:
         super().__init__(name="nightshift-keeper", daemon=True)
-        self.queue = queue
+        self.huey = huey
+        self.queue = huey.name
+        self.redis = huey.storage.conn
         self.stop_event = threading.Event()
         self.started_at = ledger.now()
 
     def run(self) -> None:
         settings = config.get()
-        interval = min(settings.lease_seconds / 3, settings.heartbeat_seconds)
-        next_beat = 0.0
+        next_beat = next_sync = 0.0
+        outage = db.Outage("keeper", on_end=lambda: recovery.hold_leases(self.huey))
         while not self.stop_event.is_set():
+            now = list(lifecycle.running.items())
+            shortest = min([entry.lease for _, entry in now] + [settings.lease_seconds])
             try:
+                if time.monotonic() >= next_sync:
+                    self.sync_clock()
+                    next_sync = time.monotonic() + CLOCK_SYNC_SECONDS
                 init_db()
-                ids = list(lifecycle.running)
-                if ids:
-                    ledger.renew_leases(ids, lifecycle.WORKER_ID, settings.lease_seconds)
+                self.renew(now)
                 if time.monotonic() >= next_beat:
                     self.beat()
                     next_beat = time.monotonic() + settings.heartbeat_seconds
-            except Exception:  # noqa: BLE001 - a database blip must not stop lease renewal for good
-                log.exception("keeper: could not renew leases or record the heartbeat")
-            self.stop_event.wait(interval)
+                outage.ended()
+            except Exception as exc:  # noqa: BLE001 - a database blip must not stop lease renewal for good
+                if db.is_unreachable(exc):
+                    outage.failed(exc)
+                else:
+                    log.exception("keeper: could not renew leases or record the heartbeat")
+            self.stop_event.wait(min(shortest / 3, settings.heartbeat_seconds))
 
-    def beat(self, stopped: bool = False) -> None:
+    def sync_clock(self) -> None:
+        try:
+            clock.sync(self.redis)
+        except redis.RedisError as exc:
+            log.warning("keeper: could not read Redis's clock (%s); leases keep the last offset", exc)
+
+    def renew(self, now: list) -> None:
+        by_lease: dict[float, list[tuple[str, int]]] = {}
+        for pair, entry in now:
+            by_lease.setdefault(entry.lease, []).append(pair)
+        renewed = sum(ledger.renew_leases(pairs, lifecycle.WORKER_ID, lease) for lease, pairs in by_lease.items())
+        if renewed < len(now):  # some attempt is no longer running: canceled by an operator, or its lease lost
+            for job_id, attempt in ledger.canceled_among(pair for pair, _ in now):
+                lifecycle.stop_canceled(job_id, attempt)
+        try:
+            flow.renew(self.huey, [(entry.slot, entry.lease) for _, entry in now if entry.slot is not None])
+        except redis.RedisError as exc:
+            log.warning("keeper: could not renew concurrency slots (%s)", exc)
+
+    def beat(self, stopped: str | None = None) -> None:
+        """Record this process's heartbeat; `stopped` ("stopped", "recycled") says it said goodbye, and why."""
         stamp = ledger.now()
-        current = [{"id": job_id, "task": name, "attempt": attempt, "since": started.isoformat()}
-                   for job_id, (name, attempt, _, started) in list(lifecycle.running.items())]
+        current = [{"id": job_id, "task": entry.task, "attempt": attempt, "since": entry.since.isoformat()}
+                   for (job_id, attempt), entry in list(lifecycle.running.items())]
         fields = dict(host=socket.gethostname(), pid=os.getpid(), queue=self.queue, started_at=self.started_at,
                       last_seen=stamp, rss_bytes=rss_bytes(), jobs_done=lifecycle.jobs_done,
-                      current=json.dumps(current), stopped_at=stamp if stopped else None)
+                      current=json.dumps(current), stopped_at=stamp if stopped else None, stop_reason=stopped)
         WorkerBeat.insert(id=lifecycle.WORKER_ID, **fields).on_conflict(
             conflict_target=[WorkerBeat.id], update=fields).execute()
 
@@ -75,15 +109,80 @@ _keeper: Keeper | None = None
 _keeper_pid: int | None = None
 
 
-def start_keeper(queue: str) -> None:
+def start_keeper(huey) -> None:
     """Once per process that runs jobs (the consumer, or each forked process worker)."""
     global _keeper, _keeper_pid
     if _keeper_pid == os.getpid():
         return
     lifecycle.worker_id()
     _keeper_pid = os.getpid()
-    _keeper = Keeper(queue)
+    _keeper = Keeper(huey)
+    _keeper.sync_clock()
     _keeper.start()
+    canceling.install_wakeup_handler()
+    canceling.Listener(huey, lifecycle.stop_canceled).start()
+
+
+def stop_keeper(reason: str = "stopped") -> None:
+    """Stop this process's keeper and record its goodbye beat (a beat in flight must not land after it)."""
+    if _keeper is None or _keeper_pid != os.getpid():
+        return
+    _keeper.stop_event.set()
+    _keeper.join(5)
+    try:
+        _keeper.beat(stopped=reason)
+    except Exception as exc:  # noqa: BLE001 - the row then ages into "gone", which is still true enough
+        log.warning("could not record that worker %s %s: %s", lifecycle.WORKER_ID, reason, exc)
+
+
+class NightshiftWorker(Worker):
+    """Huey's worker that takes no message while its queue is paused, and is recycled past
+    NIGHTSHIFT_MAX_TASKS_PER_WORKER jobs (Huey's max_tasks) or NIGHTSHIFT_MAX_MEMORY_MB of resident memory.
+
+    A process worker over the memory limit leaves after its job and the consumer starts another (as for max
+    tasks); threads share their process's memory, so a thread worker over it asks the whole consumer to restart
+    (graceful, then exec: same pid, fresh memory)."""
+    recycled = False        # a process worker's own copy of the class: one per process
+    max_memory = 0          # bytes; set by the consumer
+    restart_consumer = None  # callable; set by the consumer of thread workers
+
+    def loop(self, now=None) -> None:
+        if pausing.is_paused(self.huey):
+            self.stop_flag.wait(pausing.CHECK_SECONDS)
+            return
+        done = self.task_count
+        try:
+            super().loop(now)
+        except WorkerRecycle:
+            NightshiftWorker.recycled = True
+            raise
+        if self.max_memory and self.task_count > done and (rss := rss_bytes()) > self.max_memory:
+            log.warning("worker %s uses %d MB, over NIGHTSHIFT_MAX_MEMORY_MB=%d: recycling it", lifecycle.WORKER_ID,
+                        rss // 2**20, self.max_memory // 2**20)
+            if NightshiftWorker.restart_consumer is None:
+                NightshiftWorker.recycled = True
+                raise WorkerRecycle()
+            NightshiftWorker.restart_consumer()
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """In a forked worker process: be killed when the consumer dies, however it dies (SIGKILL included), so no
+    orphan keeps taking jobs with old code. Linux's parent-death signal; a polling thread elsewhere."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    except (OSError, AttributeError):
+        threading.Thread(target=_exit_when_orphaned, args=(parent_pid,), name="nightshift-orphan-watch",
+                         daemon=True).start()
+    if os.getppid() != parent_pid:  # the consumer died before the signal was armed
+        os._exit(1)
+
+
+def _exit_when_orphaned(parent_pid: int) -> None:
+    while os.getppid() == parent_pid:
+        time.sleep(1)
+    os._exit(1)
 
 
 class Maintenance(threading.Thread):
@@ -100,50 +199,94 @@ class Maintenance(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        from app import recovery
         interval = config.get().recovery_interval
         lock_key = f"nightshift:{self.huey.name}:lock:recovery"
+        outage = db.Outage("recovery", on_end=lambda: recovery.hold_leases(self.huey))
         while not self.stop_event.is_set():
             try:
+                if outage.since is not None:  # back? then leases are held (outage.on_end) before recovery runs
+                    db.database.obj.execute_sql("SELECT 1")
+                    outage.ended()
+                # Held for most of an interval, and at least as long as one run can take with its confirmation
+                # pause, so two consumers' runs never overlap.
                 if self.huey.storage.conn.set(lock_key, lifecycle.WORKER_ID, nx=True,
-                                              px=max(int(interval * 900), 100)):
+                                              px=max(int(interval * 900), int((recovery.CONFIRM_SECONDS + 1) * 1000))):
                     recovery.recover(self.huey)
+                    outage.ended()
             except redis.RedisError as exc:
                 log.warning("recovery skipped: Redis unreachable (%s)", exc)
-            except Exception:  # noqa: BLE001
-                log.exception("recovery failed; will try again")
+            except Exception as exc:  # noqa: BLE001
+                if db.is_unreachable(exc):
+                    outage.failed(exc)
+                else:
+                    log.exception("recovery failed; will try again")
             self.stop_event.wait(interval)
 
 
 class NightshiftConsumer(Consumer):
     # Periodic tasks: one consumer per tick enqueues them, however many consumers run (app.schedule).
     scheduler_class = TickScheduler
+    worker_class = NightshiftWorker
 
-    def __init__(self, huey, **options) -> None:
+    def __init__(self, huey, max_memory_mb: int = 0, **options) -> None:
         options.setdefault("graceful_signal", "TERM")
+        # A recycled or dead process worker is replaced within this many seconds (Huey's default is 10 s, during
+        # which its share of the queue waits); the check is a few is_alive() calls.
+        options.setdefault("health_check_interval", 0.25)
         super().__init__(huey, **options)
         # Both SIGTERM and SIGINT drain gracefully; a second one stops at once.
         self._signal_actions[signal.SIGINT] = (False, True)
         self._signal_actions[signal.SIGTERM] = (False, True)
         self.maintenance = Maintenance(huey)
-        huey.on_startup("nightshift_keeper")(lambda: start_keeper(huey.name))
+        huey.on_startup("nightshift_keeper")(lambda: start_keeper(huey))
+        NightshiftWorker.max_memory = max_memory_mb * 2**20
+        if not self.environment.forks:
+            NightshiftWorker.restart_consumer = self.restart_to_release_memory
+        if self.environment.forks:
+            parent = os.getpid()
+            os.register_at_fork(after_in_child=lambda: die_with_parent(parent))
+            # Each worker process has a keeper of its own; its goodbye says whether it was recycled.
+            huey.on_shutdown("nightshift_keeper")(
+                lambda: stop_keeper("recycled" if NightshiftWorker.recycled else "stopped"))
 
     def start(self) -> None:
+        paused = pausing.is_paused_in_ledger(self.huey.name)
+        pausing.publish(self.huey, self.huey.name, paused)  # the ledger's state, also after Redis lost its data
+        if paused:
+            log.warning("queue %r is paused: no job starts until `nightshift resume %s`", self.huey.name,
+                        self.huey.name)
         super().start()
         self.maintenance.start()
         log.info("consumer %s started: %d %s worker(s) on queue %r", lifecycle.WORKER_ID, self.workers,
                  self.worker_type, self.huey.name)
 
+    def stop(self, graceful: bool = False) -> None:
+        if graceful:  # said at once: Huey's own lines come only when the wait is over
+            jobs = (f"{len(lifecycle.running)} running job(s)" if self.worker_type != "process" else
+                    f"the jobs of {len(self.worker_threads)} worker process(es)")
+            log.info("stopping: waiting up to %gs for %s", self.shutdown_timeout or 0, jobs)
+        super().stop(graceful)
+
+    def restart_to_release_memory(self) -> None:
+        """Drain and start again in a fresh process image (Huey's restart: the SIGHUP path)."""
+        if self._signum is None:
+            self._signum = signal.SIGHUP if hasattr(signal, "SIGHUP") else signal.SIGTERM
+            self._restart, self._graceful = True, True
+
     def run(self) -> None:
+        """Huey's Consumer.run, with the goodbye beat written before a restart's exec (which never returns)."""
         try:
-            super().run()
+            self.start()
+            health_check_ts = time.monotonic()
+            while True:
+                try:
+                    health_check_ts = self.loop(health_check_ts)
+                except ConsumerStopped:
+                    break
+            self.huey.notify_interrupted_tasks()
         finally:
             self.maintenance.stop_event.set()
-            if _keeper is not None and _keeper_pid == os.getpid():
-                _keeper.stop_event.set()
-                _keeper.join(5)  # a beat in flight must not land after (and undo) the "stopped" one
-                try:
-                    _keeper.beat(stopped=True)
-                except Exception:  # noqa: BLE001
-                    pass
-            log.info("consumer %s stopped", lifecycle.WORKER_ID)
+            stop_keeper("recycled" if self._restart else "stopped")
+            log.info("consumer %s %s", lifecycle.WORKER_ID, "restarts" if self._restart else "stopped")
+        if self._restart:
+            os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

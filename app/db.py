@@ -1,20 +1,67 @@
-"""The ledger's database connection: a SQLite file by default, PostgreSQL by URL."""
+"""The ledger's database connection: a SQLite file by default, PostgreSQL by URL.
+
+Two rules keep a connection from being shared or stuck:
+- a forked process (a process worker, the scheduler) never uses a connection it inherited: it opens its own on
+  first use (the parent's socket stays the parent's: the inherited object is kept, never closed, so its
+  destructor cannot end the parent's session);
+- a PostgreSQL connection the server dropped (restart, failover, `pg_terminate_backend`) is replaced on next use;
+  a statement outside a transaction is retried once on the new connection, a transaction fails as a whole.
+"""
 from __future__ import annotations
 
+import logging
 import os
+import threading
+import time
+from typing import Any, Callable
 
 import peewee
 from playhouse.db_url import connect as connect_url
-from playhouse.shortcuts import ReconnectMixin
+from playhouse.migrate import SchemaMigrator, migrate
 
 import config
 
+log = logging.getLogger("nightshift.ledger")
 database = peewee.DatabaseProxy()
 _url: str | None = None
 
+# Errors that mean "the ledger does not answer" (down, unreachable, dropped connection, locked past the timeout),
+# as opposed to a statement the database refuses.
+UNREACHABLE = (peewee.OperationalError, peewee.InterfaceError)
 
-class ReconnectingPostgres(ReconnectMixin, peewee.PostgresqlDatabase):
-    """Reconnects after the server restarted instead of failing every later query."""
+
+class LedgerMissing(peewee.PeeweeException):
+    """There is no ledger where the settings point, and this process may not create one (a producer: a job
+    recorded in a brand-new ledger would never reach the worker, which reads another one)."""
+
+    def __init__(self, where: str, why: str = "") -> None:
+        super().__init__(f"no ledger at {where}{f' ({why})' if why else ''}: start a worker first or set "
+                         f"NIGHTSHIFT_DATABASE_URL")
+
+
+class ReconnectingPostgres(peewee.PostgresqlDatabase):
+    """PostgreSQL that replaces a connection the server dropped instead of failing every later query
+    (peewee's ReconnectMixin only knows MySQL's errors)."""
+
+    def _lost(self) -> bool:
+        conn = self._state.conn
+        return conn is not None and getattr(conn, "closed", 0) != 0
+
+    def _drop_lost(self) -> None:
+        self._state.reset()  # the dead connection's socket is closed already; nothing to send
+
+    def cursor(self, *args: Any, **kwargs: Any):
+        if self._lost() and not self.in_transaction():
+            self._drop_lost()
+        return super().cursor(*args, **kwargs)
+
+    def execute_sql(self, sql: str, params: Any = None):
+        try:
+            return super().execute_sql(sql, params)
+        except UNREACHABLE:
+            if not self._lost() or self.in_transaction():
+                raise
+            return super().execute_sql(sql, params)  # cursor() opens a new connection
 
 
 def sqlite_path(url: str) -> str:
@@ -22,11 +69,39 @@ def sqlite_path(url: str) -> str:
     return url.split("://", 1)[1][1:] or ":memory:"
 
 
-def open_database(url: str) -> peewee.Database:
+def where(url: str) -> str:
+    """The ledger's location for messages: a SQLite file's absolute path, or a PostgreSQL database's name."""
     if url.startswith("sqlite"):
         path = sqlite_path(url)
-        if path != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return path if path == ":memory:" else os.path.abspath(path)
+    parsed = connect_url(url if not url.startswith("postgres://") else "postgresql://" + url[len("postgres://"):])
+    host = parsed.connect_params.get("host", "localhost")
+    return f"database {parsed.database!r} on {host}"
+
+
+def _check_sqlite_file(path: str, create: bool) -> None:
+    """Only the default ledger's directory is ever made: a typo'd directory is an error, not a new ledger."""
+    if path == ":memory:":
+        return
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        default_dir = os.path.abspath(config.default_data_dir())
+        if not create:
+            raise LedgerMissing(path, f"directory {directory} does not exist")
+        if default_dir != directory:
+            raise peewee.OperationalError(f"directory {directory} does not exist; only the default ledger's "
+                                          f"directory ({default_dir}) is created")
+        os.makedirs(directory, exist_ok=True)
+    elif not create and not os.path.exists(path):
+        raise LedgerMissing(path)
+
+
+def open_database(url: str, create: bool = True) -> peewee.Database:
+    """Open (lazily) the ledger at `url`. Without `create`, a SQLite file that does not exist is an error."""
+    if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        _check_sqlite_file(path, create)
         # Every transaction on the ledger writes: take the write lock at BEGIN (IMMEDIATE), so two processes
         # that read and then write wait for each other instead of failing with "database is locked".
         return peewee.SqliteDatabase(path, timeout=30, lock_type="IMMEDIATE", pragmas={
@@ -41,19 +116,109 @@ def open_database(url: str) -> peewee.Database:
 
 
 def init(url: str | None = None, create: bool = True) -> peewee.Database:
-    """Point the ledger at `url` (default: NIGHTSHIFT_DATABASE_URL) and create its tables if missing."""
+    """Point the ledger at `url` (default: NIGHTSHIFT_DATABASE_URL), create its tables if missing and bring an
+    older ledger's tables up to date. With `create=False` (producers) a ledger that does not exist yet (no SQLite
+    file, or no tables) raises LedgerMissing and nothing is created."""
     global _url
     url = url or config.get().database_url
     if _url == url and database.obj is not None:
         return database.obj
     if database.obj is not None:
         database.obj.close()
-    database.initialize(open_database(url))
-    _url = url
+    _url = None
+    database.initialize(open_database(url, create))
+    from app import schema
     if create:
-        from app import models
-        database.obj.create_tables(models.ALL, safe=True)
+        schema.create(database.obj)
+    elif schema.has_tables(database.obj):
+        schema.upgrade(database.obj)
+    else:
+        database.obj.close()
+        raise LedgerMissing(where(url), "its tables do not exist")
+    _url = url
     return database.obj
+
+
+def add_missing_columns(db: peewee.Database, models: list) -> list[str]:
+    """Columns a newer version added to a table that an older version created (all nullable or defaulted);
+    returns "table.column" for each one added."""
+    migrator = SchemaMigrator.from_database(db)
+    added = []
+    for model in models:
+        table = model._meta.table_name
+        present = {column.name for column in db.get_columns(table)}
+        missing = [field for field in model._meta.sorted_fields if field.column_name not in present]
+        if missing:
+            migrate(*[migrator.add_column(table, field.column_name, field) for field in missing])
+            added += [f"{table}.{field.column_name}" for field in missing]
+    return added
+
+
+_inherited: list[Any] = []
+
+
+def _forget_inherited_connection() -> None:
+    """In a forked child: the next query opens a connection of the child's own."""
+    db = database.obj
+    if db is not None and db._state.conn is not None:
+        _inherited.append(db._state.conn)
+        db._state.reset()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connection)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    return isinstance(exc, UNREACHABLE)
+
+
+class Outage:
+    """A ledger outage as one process sees it: logged once when it starts and once when it ends, not on every
+    retry (a worker waiting for its database must not fill the log)."""
+
+    def __init__(self, who: str, on_end: Callable[[], None] | None = None) -> None:
+        self.who = who
+        self.on_end = on_end  # called once the ledger answers again
+        self.since: float | None = None
+        self.failures = 0
+        self._lock = threading.Lock()
+
+    def pause(self, max_delay: float = 5.0) -> None:
+        """Sleep before the next try: 0.5 s, doubling with each failure of this outage, up to `max_delay`."""
+        time.sleep(min(0.5 * 2 ** min(self.failures - 1, 10), max_delay))
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            self.failures += 1
+            if self.since is not None:
+                return
+            self.since = time.monotonic()
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning("%s: ledger unreachable (%s); waiting for it, nothing is lost meanwhile", self.who, detail)
+
+    def ended(self) -> None:
+        with self._lock:
+            if self.since is None:
+                return
+            lasted, self.since, self.failures = time.monotonic() - self.since, None, 0
+        log.warning("%s: the ledger answers again after %.1f s", self.who, lasted)
+        if self.on_end is not None:
+            try:
+                self.on_end()
+            except Exception as exc:  # noqa: BLE001 - a hook must not turn a recovered outage into a failure
+                log.warning("%s: after the outage: %s", self.who, exc)
+
+
+def wait_until_reachable(outage: Outage) -> None:
+    """Pause (see Outage.pause), then block until a trivial query succeeds, probing with the same backoff."""
+    while True:
+        outage.pause()
+        try:
+            database.obj.execute_sql("SELECT 1")
+        except UNREACHABLE as exc:
+            outage.failed(exc)
+            continue
+        return
 
 
 def is_sqlite() -> bool:

@@ -1,42 +1,46 @@
-"""One structured log line per lifecycle event of a job, with secrets in arguments masked."""
+"""One structured log line per lifecycle event of a job, with secrets masked and every value bounded."""
 from __future__ import annotations
 
 import json
 import logging
-import re
 from typing import Any
+
+from helpers.masking import bound, mask
 
 log = logging.getLogger("nightshift.jobs")
 
-SECRET_KEYS = re.compile(r"pass(word)?|token|secret|authori[sz]ation|api[_-]?key|credential|cookie|session",
-                         re.IGNORECASE)
-MASK = "***"
+MAX_ARGUMENT_CHARS = 300   # each argument's preview in a line
+MAX_FIELD_CHARS = 2000     # any other field (an error message, a reason)
 
 
-def mask(value: Any) -> Any:
-    """A copy of `value` with the values of secret-looking keys replaced, at any depth."""
-    if isinstance(value, dict):
-        return {k: MASK if isinstance(k, str) and SECRET_KEYS.search(k) else mask(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [mask(v) for v in value]
-    return value
+def safe_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """Fields fit for a log line: secrets masked by name and structure, each value (and each argument) cut to a
+    preview that notes its full size."""
+    safe = {}
+    for name, value in fields.items():
+        if value is None:
+            continue
+        value = mask(value)
+        if name == "args" and isinstance(value, dict):
+            value = {k: bound(v, MAX_ARGUMENT_CHARS) for k, v in value.items()}
+        safe[name] = bound(value, MAX_FIELD_CHARS)
+    return safe
 
 
 def emit(event: str, job_id: str, task: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log `event` for a job; the formatter in app.logs renders `extra["job"]` as text or JSON."""
-    if "args" in fields and fields["args"] is not None:
-        fields["args"] = mask(fields["args"])
+    if not log.isEnabledFor(level):
+        return
     record = {"event": event, "job_id": job_id, "task": task}
-    record.update({k: v for k, v in fields.items() if v is not None})
-    if log.isEnabledFor(level):
-        log.log(level, "%s %s %s", event, task, job_id, extra={"job": record})
+    record.update(safe_fields(fields))
+    log.log(level, "%s %s %s", event, task, job_id, extra={"job": record})
 
 
 def emit_batch(event: str, task: str, ids: list[str], level: int = logging.INFO, **fields: Any) -> None:
     """One line for many jobs of one task (bulk submits): the count and the first and last ids."""
     record = {"event": event, "task": task, "count": len(ids), "first_id": ids[0] if ids else None,
               "last_id": ids[-1] if ids else None}
-    record.update({k: v for k, v in fields.items() if v is not None})
+    record.update(safe_fields(fields))
     if log.isEnabledFor(level):
         log.log(level, "%s %s x%d", event, task, len(ids), extra={"job": record})
 

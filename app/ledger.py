@@ -6,18 +6,56 @@ overwrite what a newer attempt or recovery wrote: such an update changes nothing
 from __future__ import annotations
 
 import datetime
+import functools
 import json
+import operator
+import uuid
 from typing import Any, Iterable
 
+from peewee import fn
+
+import config
+from app import clock
 from app.db import database
 from app.models import FINISHED, WAITING, Attempt, Job
 
 BATCH = 400  # rows per INSERT; keeps under SQLite's and PostgreSQL's parameter limits
 PREVIEW_BYTES = 2048
+ID_LENGTH = Job.id.max_length            # 36
+TASK_LENGTH = Job.task.max_length        # 200
+TEXT_LENGTH = 65536                      # errors, tracebacks, reasons: enough to read, never unbounded
 
 
 def now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    """Naive UTC on the shared clock (app.clock): leases written here are judged by other hosts."""
+    return clock.now()
+
+
+def storable(text: Any, limit: int = TEXT_LENGTH) -> str | None:
+    """`text` as every ledger accepts it: NUL escaped as \\x00 (PostgreSQL text refuses NUL), lone surrogates
+    escaped (not UTF-8), and at most `limit` characters (a CharField's max_length; PostgreSQL refuses longer).
+
+    Every text a ledger write takes from a task, a message or an exception goes through here, so an outcome is
+    never unrecordable because of what it says."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        text = str(text)
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        text = text[:max(limit - 3, 0)] + "..."
+    return text
+
+
+def is_storable_id(job_id: Any) -> bool:
+    """An id that can key a ledger row as it is (a message may carry anything in its "id")."""
+    return isinstance(job_id, str) and 0 < len(job_id) <= ID_LENGTH and storable(job_id, ID_LENGTH) == job_id
 
 
 def summarize(value: Any, limit: int = 1000) -> str:
@@ -56,10 +94,13 @@ def _insert_template(rows: int) -> str:
 
 # -- producer side ---------------------------------------------------------------------------------------------
 
-def insert_jobs(rows: list[dict]) -> None:
-    """Record new jobs as queued, in one transaction. Columns a row leaves out take the model's default."""
+def insert_jobs(rows: list[dict], queue: str | None = None) -> None:
+    """Record new jobs of `queue` (default: NIGHTSHIFT_QUEUE) as queued, in one transaction. Columns a row leaves
+    out take the model's default."""
     stamp = now()
-    defaults = {"state": "queued", "created_at": stamp, "updated_at": stamp}
+    for row in rows:
+        row["task"] = storable(row["task"], TASK_LENGTH)
+    defaults = {"state": "queued", "created_at": stamp, "updated_at": stamp, "queue": queue or config.get().queue}
     for field in JOB_FIELDS:
         if field.default is not None and not callable(field.default):
             defaults.setdefault(field.name, field.default)
@@ -114,7 +155,7 @@ def _finish_attempt(job_id: str, attempt: int, outcome: str, stamp: datetime.dat
                 f'ON CONFLICT ("job_id", "number") DO UPDATE SET "worker" = excluded."worker", '
                 f'"started_at" = excluded."started_at", "finished_at" = excluded."finished_at", '
                 f'"duration" = excluded."duration", "outcome" = excluded."outcome", "error" = excluded."error"',
-                (stamp, duration, outcome, error, job_id, attempt, "running")).rowcount == 1
+                (stamp, duration, outcome, storable(error), job_id, attempt, "running")).rowcount == 1
 
 
 def mark_succeeded(job_id: str, attempt: int, duration: float, result: str | None) -> bool:
@@ -124,7 +165,7 @@ def mark_succeeded(job_id: str, attempt: int, duration: float, result: str | Non
             return False
         _run(f'UPDATE "{JOB_TABLE}" SET "state" = {{p}}, "finished_at" = {{p}}, "duration" = {{p}}, '
              f'"result" = {{p}}, "lease_expires_at" = NULL, "updated_at" = {{p}} WHERE "id" = {{p}}',
-             ("succeeded", stamp, duration, result, stamp, job_id))
+             ("succeeded", stamp, duration, storable(result), stamp, job_id))
     return True
 
 
@@ -132,6 +173,7 @@ def mark_retrying(job_id: str, attempt: int, duration: float, error: str, traceb
                   eta: datetime.datetime | None, retries_left: int, retry_delay: float) -> bool:
     """The attempt failed and another follows: the job waits as attempt + 1."""
     stamp = now()
+    error, traceback = storable(error), storable(traceback)
     with database.atomic():
         if not _finish_attempt(job_id, attempt, "failed", stamp, duration, error):
             return False
@@ -148,6 +190,7 @@ def mark_dead(job_id: str, reason: str, error: str | None = None, traceback: str
     With `attempt`, only that running attempt may end this way (its history row says `outcome`); without it,
     any job that has not finished."""
     stamp = now()
+    reason, error, traceback = storable(reason), storable(error), storable(traceback)
     fields = dict(state="dead", reason=reason, error=error, traceback=traceback, finished_at=stamp,
                   duration=duration, lease_expires_at=None, updated_at=stamp)
     with database.atomic():
@@ -164,6 +207,7 @@ def requeue(job_id: str, attempt: int, outcome: str, reason: str, lease_lost: bo
 
     Returns the new attempt number, or None when the attempt was no longer running."""
     stamp = now()
+    reason = storable(reason)
     fields = dict(state="queued", attempt=attempt + 1, worker=None, lease_expires_at=None, reason=reason,
                   eta=None, updated_at=stamp)
     if lease_lost:
@@ -175,23 +219,67 @@ def requeue(job_id: str, attempt: int, outcome: str, reason: str, lease_lost: bo
     return attempt + 1
 
 
-def renew_leases(job_ids: Iterable[str], worker: str, lease_seconds: float) -> int:
-    ids = list(job_ids)
-    if not ids:
+def renew_leases(attempts: Iterable[tuple[str, int]], worker: str, lease_seconds: float) -> int:
+    """Extend the leases of the (job id, attempt) pairs `worker` is running."""
+    pairs = list(attempts)
+    if not pairs:
         return 0
+    these = functools.reduce(operator.or_, [(Job.id == job_id) & (Job.attempt == number) for job_id, number in pairs])
     return Job.update(lease_expires_at=now() + datetime.timedelta(seconds=lease_seconds)).where(
-        Job.id.in_(ids), Job.worker == worker, Job.state == "running").execute()
+        these, Job.worker == worker, Job.state == "running").execute()
+
+
+LEASE_LOST_PREFIX = "lost its lease"
+
+
+def note_lease_lost_alive(job_id: str, attempt: int, note: str) -> bool:
+    """An attempt whose lease recovery took ended later in a live worker: say so on the attempt's history row,
+    and on the job's reason when the lost leases made it dead."""
+    note = storable(note, 1000)
+    with database.atomic():
+        noted = Attempt.update(error=note).where(Attempt.job_id == job_id, Attempt.number == attempt,
+                                                  Attempt.outcome == "lease-lost").execute()
+        if noted:
+            Job.update(reason=Job.reason.concat(f"; attempt {attempt}: {note}")).where(
+                Job.id == job_id, Job.state == "dead", Job.reason.startswith(LEASE_LOST_PREFIX),
+                ~Job.reason.contains("worker was alive")).execute()
+    return bool(noted)
 
 
 def record_progress(job_id: str, done: float, total: float | None = None, note: str = "") -> None:
-    Job.update(progress=json.dumps({"done": done, "total": total, "note": note}), updated_at=now()).where(
+    progress = storable(json.dumps({"done": done, "total": total, "note": storable(note, 1000)}, default=str))
+    Job.update(progress=progress, updated_at=now()).where(
         Job.id == job_id, Job.state == "running").execute()
 
 
 def mark_canceled(job_id: str, reason: str = "canceled by operator") -> bool:
     stamp = now()
-    return bool(Job.update(state="canceled", reason=reason, finished_at=stamp, updated_at=stamp).where(
+    return bool(Job.update(state="canceled", reason=storable(reason), finished_at=stamp, updated_at=stamp).where(
         Job.id == job_id, Job.state.in_(WAITING)).execute())
+
+
+def cancel_running(job_id: str, reason: str = "canceled by operator while running") -> int | None:
+    """A running job canceled: the attempt ends as `canceled` now (its worker is told to stop it, app.canceling;
+    whatever it reports afterwards is stale). Returns the attempt that was running, or None."""
+    stamp = now()
+    reason = storable(reason)
+    with database.atomic():
+        row = Job.select(Job.attempt).where(Job.id == job_id, Job.state == "running").tuples().first()
+        if row is None or not _finish_attempt(job_id, row[0], "canceled", stamp, None, reason):
+            return None
+        Job.update(state="canceled", reason=reason, finished_at=stamp, lease_expires_at=None,
+                   updated_at=stamp).where(Job.id == job_id).execute()
+    return row[0]
+
+
+def canceled_among(attempts: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Which of these (job id, attempt) pairs were canceled while they ran."""
+    pairs = set(attempts)
+    if not pairs:
+        return []
+    rows = Job.select(Job.id, Job.attempt).where(Job.id.in_([job_id for job_id, _ in pairs]),
+                                                 Job.state == "canceled").tuples()
+    return [(job_id, attempt) for job_id, attempt in rows if (job_id, attempt) in pairs]
 
 
 def mark_expired(job_id: str, attempt: int) -> bool:
@@ -201,15 +289,17 @@ def mark_expired(job_id: str, attempt: int) -> bool:
         Job.id == job_id, Job.attempt == attempt, Job.state.in_(WAITING)).execute())
 
 
-def revive(job_id: str, retries_left: int) -> Job | None:
-    """A dead job back to queued as a new attempt with a fresh set of retries (operator's `retry`).
+def revive(job_id: str, retries_left: int, queue: str | None = None) -> Job | None:
+    """A dead job back to queued as a new attempt with a fresh set of retries (operator's `retry`), on its own
+    queue; a job from before the ledger recorded queues becomes `queue`'s (default: NIGHTSHIFT_QUEUE).
 
     Dead letters that never were a runnable job (poison messages) stay dead."""
     stamp = now()
     with database.atomic():
         done = Job.update(state="queued", attempt=Job.attempt + 1, retries_left=retries_left, lease_losses=0,
-                          reason="retried by operator", eta=None, finished_at=None, worker=None,
-                          updated_at=stamp).where(Job.id == job_id, Job.state == "dead", Job.raw.is_null()).execute()
+                          reason="retried by operator", eta=None, finished_at=None, worker=None, updated_at=stamp,
+                          queue=fn.COALESCE(Job.queue, queue or config.get().queue)).where(
+            Job.id == job_id, Job.state == "dead", Job.raw.is_null()).execute()
         return Job.get_by_id(job_id) if done else None
 
 
@@ -224,13 +314,74 @@ def discard(job_ids: Iterable[str], states: tuple[str, ...] = ("dead",)) -> list
     return found
 
 
-def record_dead_letter(job_id: str, task: str, reason: str, raw: bytes) -> None:
-    """A message that could not become a job (unreadable, unsigned, unknown): kept dead with a preview."""
+def preview(raw: bytes) -> str:
+    """The first PREVIEW_BYTES of a raw message, readable and storable as text everywhere."""
+    return storable(bytes(raw[:PREVIEW_BYTES]).decode("utf-8", "backslashreplace"))
+
+
+def record_dead_letter(job_id: Any, task: Any, reason: str, raw: bytes, queue: str | None = None) -> str:
+    """A message that could not become a job (unreadable, unsigned, unknown): kept dead with a preview, on
+    `queue` (default: NIGHTSHIFT_QUEUE). An id that cannot key a row as it is (too long, not text, NUL) is
+    replaced by a new one, the original kept in the reason. Returns the dead letter's id."""
     stamp = now()
-    # Readable, and storable as text everywhere (PostgreSQL text refuses NUL characters).
-    preview = raw[:PREVIEW_BYTES].decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
-    Job.insert(id=job_id, task=task, kwargs="{}", state="dead", reason=reason, raw=preview, created_at=stamp,
-               updated_at=stamp, finished_at=stamp).on_conflict_ignore().execute()
+    if not is_storable_id(job_id):
+        reason = f"{reason} (message id {storable(repr(job_id), 120)} replaced)"
+        job_id = str(uuid.uuid4())
+    Job.insert(id=job_id, task=storable(task, TASK_LENGTH), kwargs="{}", state="dead", reason=storable(reason),
+               raw=preview(raw), created_at=stamp, updated_at=stamp, finished_at=stamp,
+               queue=queue or config.get().queue).on_conflict_ignore().execute()
+    return job_id
+
+
+REFUSED_PREFIX = "refused message "
+
+
+def flag_refused(job_id: str, queue: str, letter_id: str, reason: str) -> bool:
+    """An untrusted message (bad or missing signature), kept as dead letter `letter_id`, named this waiting job
+    of `queue`. The job still runs if its own, genuine message comes (a forged copy must not be able to kill a
+    job); if that never comes, recovery does not send it again but makes it dead (fold_refused): a refused
+    message never runs by another path. False when no such job waits."""
+    if not is_storable_id(job_id):
+        return False
+    return bool(Job.update(reason=storable(f"{REFUSED_PREFIX}{letter_id}: {reason}")).where(
+        Job.id == job_id, Job.state.in_(WAITING), (Job.queue == queue) | Job.queue.is_null()).execute())
+
+
+def is_flagged_refused(reason: str | None) -> bool:
+    return bool(reason) and reason.startswith(REFUSED_PREFIX)
+
+
+def fold_refused(job_id: str, attempt: int, flag: str) -> bool:
+    """Recovery found a job flagged by flag_refused (`flag` is its reason) whose message is missing: the job goes
+    dead with the refusal's reason and the refused message's preview, taken from its dead letter, which is then
+    removed: one dead entry for the job. False when the job no longer waits at `attempt`."""
+    letter_id, _, why = flag[len(REFUSED_PREFIX):].partition(": ")
+    stamp = now()
+    with database.atomic():
+        letter = Job.get_or_none((Job.id == letter_id) & (Job.state == "dead") & Job.raw.is_null(False))
+        done = Job.update(state="dead", reason=storable(f"{why}; not sent again: a refused message never runs by "
+                                                        f"another path"),
+                          error=f"refused message: {letter.raw}" if letter else None, finished_at=stamp,
+                          lease_expires_at=None, updated_at=stamp).where(
+            Job.id == job_id, Job.attempt == attempt, Job.state.in_(WAITING),
+            Job.reason.startswith(REFUSED_PREFIX)).execute()
+        if done and letter:
+            Job.delete().where(Job.id == letter_id, Job.raw.is_null(False)).execute()
+    return bool(done)
+
+
+def mark_refused(job_id: str, queue: str, reason: str, raw: bytes) -> bool:
+    """An authentic message of a waiting job of `queue` that the consumer cannot run (unknown task): that job
+    is dead with the reason and the message's preview, one entry, and recovery never sends it again.
+
+    The preview goes in `error`, not in `raw` (which marks a dead letter that never was a job), so an operator
+    can still `retry` the job once the task or the key is fixed. False when no such job waits."""
+    if not is_storable_id(job_id):
+        return False
+    stamp = now()
+    return bool(Job.update(state="dead", reason=storable(reason), error=f"refused message: {preview(raw)}",
+                           finished_at=stamp, lease_expires_at=None, updated_at=stamp).where(
+        Job.id == job_id, Job.state.in_(WAITING), (Job.queue == queue) | Job.queue.is_null()).execute())
 
 
 # -- queries -------------------------------------------------------------------------------------------------------
@@ -248,8 +399,20 @@ def attempts(job_id: str) -> list[Attempt]:
     return list(Attempt.select().where(Attempt.job_id == job_id).order_by(Attempt.number))
 
 
-def list_jobs(state: str | None = None, task: str | None = None, limit: int = 50) -> list[Job]:
+def in_queues(queues: Iterable[str | None]):
+    """WHERE condition: jobs of these queues (None among them: rows from before the ledger recorded queues)."""
+    names = list(queues)
+    named = [name for name in names if name is not None]
+    condition = Job.queue.in_(named)
+    return (condition | Job.queue.is_null()) if None in names else condition
+
+
+def list_jobs(state: str | None = None, task: str | None = None, limit: int = 50,
+              queues: Iterable[str | None] | None = None) -> list[Job]:
+    """Newest jobs first; of the given queues only (see in_queues; None: every job)."""
     query = Job.select()
+    if queues is not None:
+        query = query.where(in_queues(queues))
     if state:
         query = query.where(Job.state == state)
     if task:
@@ -270,7 +433,6 @@ ROW_OVERHEAD = 160  # rough bytes per row beyond its text columns (ids, numbers,
 
 
 def row_bytes(model, columns: Iterable[str]):
-    from peewee import fn
     total = ROW_OVERHEAD
     for name in columns:
         total = total + fn.COALESCE(fn.LENGTH(getattr(model, name)).coerce(False), 0)
@@ -301,7 +463,6 @@ def delete_finished(before: datetime.datetime, states: Iterable[str], limit: int
 def drop_previews(before: datetime.datetime, limit: int = 1000) -> tuple[int, int]:
     """Replace the raw-message preview of dead letters older than `before` (at most `limit` of them) with a
     short marker; returns (previews dropped, bytes freed) by this call."""
-    from peewee import fn
     old = (Job.state == "dead") & Job.raw.is_null(False) & (Job.raw != PREVIEW_REMOVED) & (Job.finished_at < before)
     sizes = dict(Job.select(Job.id, fn.LENGTH(Job.raw).coerce(False)).where(old).limit(limit).tuples())
     if not sizes:

@@ -5,6 +5,7 @@ attempt; expired → expired. A message that cannot be read becomes a dead lette
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -15,7 +16,7 @@ import threading
 import time
 import traceback
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from huey import signals as S
 from huey.api import Task
@@ -23,7 +24,7 @@ from huey.exceptions import CancelExecution, RateLimitExceeded, RetryTask, TaskT
 from huey.utils import normalize_time
 
 import config
-from app import catalog, events, ledger
+from app import canceling, catalog, codec, db, events, flow, ledger, pausing, recovery, timelimits
 from app.codec import BadSignature, PoisonMessage
 from app.db import init as init_db
 from app.queue import NightshiftHuey, UnknownTask
@@ -31,10 +32,26 @@ from app.queue import NightshiftHuey, UnknownTask
 log = logging.getLogger("nightshift.worker")
 
 WORKER_ID = ""
-# job id -> (task name, attempt, monotonic start, wall start): what this process is running now
-running: dict[str, tuple[str, int, float, datetime.datetime]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Running:
+    """An attempt this process runs now."""
+    task: str
+    lease: float              # seconds, renewed by the keeper
+    started: float            # monotonic
+    since: datetime.datetime  # wall clock (shared clock), for status
+    slot: tuple[str, str] | None = None  # concurrency slot held (app.flow), renewed with the lease
+    thread: int = 0           # the thread running it, for an operator's cancel (app.canceling)
+
+
+# (job id, attempt) -> Running. Keyed by attempt too: a process can run two attempts of one job at once (the first
+# outlived its lease, recovery queued the second, and this process took it), and each must end as itself.
+running: dict[tuple[str, int], Running] = {}
+_interrupted: set[tuple[str, int]] = set()  # attempts a cancel was raised in
 jobs_done = 0
 _lock = threading.Lock()
+_outage = db.Outage("worker")
 
 
 _id_pid = 0
@@ -55,8 +72,16 @@ worker_id()
 
 # -- before a job runs -------------------------------------------------------------------------------------------
 
-def claim(task: Task) -> bool:
-    """Claim this attempt in the ledger; False (and logged) for a duplicate delivery or an unrunnable job."""
+def lease_of(task_class: type) -> float:
+    """The task's own lease (`@task(lease=SECONDS)`) or NIGHTSHIFT_LEASE_SECONDS."""
+    return float(getattr(task_class, "lease", None) or config.get().lease_seconds)
+
+
+def claim(huey: NightshiftHuey, task: Task) -> bool:
+    """Claim this attempt in the ledger; False (and logged) for a duplicate delivery or an unrunnable job.
+
+    When the ledger does not answer, the message goes back on Redis and this worker waits until the ledger
+    answers again: it neither drops messages nor spins through the queue meanwhile."""
     name = type(task).__name__
     attempt = getattr(task, "attempt", None)
     init_db()
@@ -68,7 +93,25 @@ def claim(task: Task) -> bool:
             ledger.record_dead_letter(task.id, name, reason, b"")
         events.emit("dead", task.id, name, logging.ERROR, attempt=attempt, reason=reason)
         return False
-    if attempt is None or not ledger.claim(task.id, attempt, WORKER_ID, config.get().lease_seconds):
+    if pausing.is_paused(huey):  # taken off the queue while the pause came: back on it, unclaimed
+        flow.put_back(huey, task, 0)
+        return False
+    lease = lease_of(type(task))
+    admission = flow.admit(huey, task, lease)
+    if admission.wait:
+        flow.put_back(huey, task, admission.wait)
+        events.emit("waiting", task.id, name, logging.DEBUG, attempt=attempt, seconds=round(admission.wait, 3))
+        return False
+    try:
+        claimed = attempt is not None and ledger.claim(task.id, attempt, WORKER_ID, lease)
+    except Exception as exc:  # noqa: BLE001 - only an unreachable ledger is handled here
+        flow.release(huey, admission.slot)
+        if not db.is_unreachable(exc):
+            raise
+        _hand_back(huey, task, exc)
+        return False
+    if not claimed:
+        flow.release(huey, admission.slot)
         state = ledger.state_of(task.id)
         if state is None:
             reason = "message for a job the ledger does not know"
@@ -78,10 +121,38 @@ def claim(task: Task) -> bool:
             events.emit("skipped", task.id, name, logging.WARNING, attempt=attempt, state=state,
                         reason=skip_reason(state))
         return False
+    _outage.ended()
     with _lock:
-        running[task.id] = (name, attempt, time.monotonic(), ledger.now())
+        running[(task.id, attempt)] = Running(name, lease, time.monotonic(), ledger.now(), admission.slot,
+                                              threading.get_ident())
     events.emit("started", task.id, name, attempt=attempt, worker=WORKER_ID, args=task.kwargs)
     return True
+
+
+def _hand_back(huey: NightshiftHuey, task: Task, exc: BaseException) -> None:
+    """Ends when the ledger answers again; the outage ends at the next recorded claim or outcome."""
+    _outage.failed(exc)
+    try:
+        huey.push([task])
+    except Exception:  # noqa: BLE001 - the ledger still holds the job as waiting: recovery sends it again
+        log.warning("could not put job %s back on Redis; recovery will send it again", task.id)
+    db.wait_until_reachable(_outage)
+
+
+def _until_recorded(write: Callable[[], bool]) -> bool:
+    """Run a ledger write of an attempt's outcome until the ledger answers. An outcome that is not recorded would
+    let the lease expire and the job run again; the attempt stays in `running` (its lease renewed) meanwhile."""
+    while True:
+        try:
+            done = write()
+        except Exception as exc:  # noqa: BLE001 - only an unreachable ledger is waited for
+            if not db.is_unreachable(exc):
+                raise
+            _outage.failed(exc)
+            _outage.pause()
+            continue
+        _outage.ended()
+        return done
 
 
 def skip_reason(state: str) -> str:
@@ -105,29 +176,72 @@ def _retry_eta(task: Task, exc: BaseException) -> datetime.datetime | None:
     return None
 
 
-def _finished(task: Task) -> tuple[int, float]:
+def stop_canceled(job_id: str, attempt: int | None = None) -> bool:
+    """An operator canceled `job_id` while this process runs it: raise JobCanceled in its thread."""
+    with _lock:
+        found = [(pair, entry) for pair, entry in running.items()
+                 if pair[0] == job_id and (attempt is None or pair[1] == attempt) and pair not in _interrupted]
+        for pair, entry in found:
+            _interrupted.add(pair)
+            canceling.interrupt(entry.thread, entry.thread == threading.main_thread().ident)
+    return bool(found)
+
+
+def _finished(huey: NightshiftHuey, task_id: str, attempt: int, exc: BaseException | None = None) -> None:
     global jobs_done
     with _lock:
-        entry = running.pop(task.id, None)
+        entry = running.pop((task_id, attempt), None)
         jobs_done += 1
-    return (entry[1], time.monotonic() - entry[2]) if entry else (getattr(task, "attempt", 0), 0.0)
+        if (task_id, attempt) in _interrupted:
+            _interrupted.discard((task_id, attempt))
+            if entry is not None and not isinstance(exc, canceling.JobCanceled):
+                timelimits.raise_in(entry.thread, None)  # ended just as the cancel came: drop it
+    if entry is not None and entry.slot is not None:
+        try:
+            flow.release(huey, entry.slot)
+        except Exception as exc:  # noqa: BLE001 - the slot's lease runs out by itself
+            log.warning("could not release the concurrency slot of %s: %s", task_id, exc)
+
+
+def _ended_late(task_id: str, name: str, attempt: int, entry: Running | None, duration: float) -> None:
+    """The attempt ended after recovery took its lease: its worker was alive all along. Say so in the ledger."""
+    lease = entry.lease if entry else config.get().lease_seconds
+    note = (f"lease lost while its worker was alive: the attempt ran {duration:.1f} s and did not renew its "
+            f"{lease:g} s lease in time (a task that holds the GIL or blocks its worker cannot renew it; give "
+            f"the task a longer lease: @task(lease=SECONDS))")
+    ledger.note_lease_lost_alive(task_id, attempt, note)
+    events.emit("stale", task_id, name, logging.WARNING, attempt=attempt, duration=round(duration, 6),
+                reason="finished after its lease was lost; the outcome of the newer attempt counts")
 
 
 def after_execute(huey: NightshiftHuey, task: Task, value: Any, exc: BaseException | None) -> None:
     """Record the outcome of an attempt (Huey post-execute hook)."""
+    attempt = getattr(task, "attempt", None) or 0
+    try:
+        _record_outcome(huey, task, attempt, value, exc)
+    finally:
+        _finished(huey, task.id, attempt, exc)
+
+
+def _record_outcome(huey: NightshiftHuey, task: Task, attempt: int, value: Any, exc: BaseException | None) -> None:
     name = type(task).__name__
-    attempt, duration = _finished(task)
+    entry = running.get((task.id, attempt))
+    duration = time.monotonic() - entry.started if entry else 0.0
+    if isinstance(exc, canceling.JobCanceled):  # the ledger says canceled already
+        events.emit("canceled", task.id, name, logging.WARNING, attempt=attempt, duration=round(duration, 6),
+                    reason="stopped by an operator's cancel while running", worker=WORKER_ID)
+        return
     if exc is None:
         if getattr(task, "store_result", False) and value is not None:
             try:
                 huey.put_result(task.id, value)
             except Exception:  # noqa: BLE001 - a result that cannot be stored must not fail the job
                 log.exception("could not store the result of %s %s", name, task.id)
-        if ledger.mark_succeeded(task.id, attempt, duration, ledger.summarize(value) if value is not None else None):
+        summary = ledger.summarize(value) if value is not None else None
+        if _until_recorded(lambda: ledger.mark_succeeded(task.id, attempt, duration, summary)):
             events.emit("succeeded", task.id, name, attempt=attempt, duration=round(duration, 6), worker=WORKER_ID)
         else:
-            events.emit("stale", task.id, name, logging.WARNING, attempt=attempt,
-                        reason="finished after its lease was lost; the outcome of the newer attempt counts")
+            _until_recorded(lambda: _ended_late(task.id, name, attempt, entry, duration))
         return
     error = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -136,11 +250,14 @@ def after_execute(huey: NightshiftHuey, task: Task, value: Any, exc: BaseExcepti
         delay = task.retry_delay or 0
         if task.retry_backoff and delay and not isinstance(exc, (RetryTask, RateLimitExceeded)):
             delay *= task.retry_backoff
-        if ledger.mark_retrying(task.id, attempt, duration, error, tb, eta, task.retries - 1, delay):
+        if _until_recorded(lambda: ledger.mark_retrying(task.id, attempt, duration, error, tb, eta,
+                                                        task.retries - 1, delay)):
             task.attempt = attempt + 1
             events.emit("retrying", task.id, name, logging.WARNING, attempt=attempt, duration=round(duration, 6),
                         error=error, retries_left=task.retries - 1, eta=eta.isoformat() if eta else None,
                         worker=WORKER_ID)
+        else:
+            _until_recorded(lambda: _ended_late(task.id, name, attempt, entry, duration))
         return
     if isinstance(exc, CancelExecution):
         reason = "the task gave up (permanent error, not retried)"
@@ -148,16 +265,22 @@ def after_execute(huey: NightshiftHuey, task: Task, value: Any, exc: BaseExcepti
         reason = f"timed out after {task.timeout}s on attempt {attempt}"
     else:
         reason = f"failed on attempt {attempt} with no retries left"
-    if ledger.mark_dead(task.id, reason, error, tb, attempt=attempt, duration=duration):
+    if _until_recorded(lambda: ledger.mark_dead(task.id, reason, error, tb, attempt=attempt, duration=duration)):
         events.emit("dead", task.id, name, logging.ERROR, attempt=attempt, duration=round(duration, 6),
                     error=error, reason=reason, worker=WORKER_ID)
+    else:
+        _until_recorded(lambda: _ended_late(task.id, name, attempt, entry, duration))
 
 
 def on_interrupted(huey: NightshiftHuey, task: Task) -> None:
     """The worker stopped before the job finished: queue it again as a new attempt, not as a failure."""
     name = type(task).__name__
-    attempt, _ = _finished(task)
-    new_attempt = ledger.requeue(task.id, attempt, "interrupted", "worker shut down before the job finished")
+    attempt = getattr(task, "attempt", None) or 0
+    try:
+        new_attempt = _until_recorded(
+            lambda: ledger.requeue(task.id, attempt, "interrupted", "worker shut down before the job finished"))
+    finally:
+        _finished(huey, task.id, attempt)
     if new_attempt is None:
         return
     task.attempt = new_attempt
@@ -175,24 +298,39 @@ def on_expired(huey: NightshiftHuey, task: Task) -> None:
         events.emit("expired", task.id, type(task).__name__, logging.WARNING)
 
 
-def dead_letter_message(data: bytes, exc: BaseException) -> None:
-    """Keep an unreadable, unsigned or unknown message as a dead letter with the reason; never raise."""
+def dead_letter_message(data: bytes, exc: BaseException, queue: str) -> None:
+    """Keep a message of `queue` that cannot run (unreadable, unsigned, unknown task) dead with the reason; never
+    raise. An authentic message naming a job of this queue that waits in the ledger (unknown task) makes THAT job
+    dead: one entry, which recovery leaves alone. A message with a bad or missing signature is a dead letter of
+    its own, and the waiting job it names is flagged so that recovery makes it dead instead of sending it again
+    (ledger.flag_refused): a refused message never becomes a run by another path. Any other message becomes a
+    dead letter of its own."""
     reason = str(exc) if isinstance(exc, PoisonMessage) else f"unreadable message: {type(exc).__name__}: {exc}"
-    job_id, task = str(uuid.uuid4()), "(unreadable)"
+    task = "(unreadable)"
     if isinstance(exc, UnknownTask):
         task = exc.task_name
     elif isinstance(exc, BadSignature):
         task = "(bad signature)"
+    job_id = codec.job_id_of(data)
     try:
         init_db()
-        ledger.record_dead_letter(job_id, task, reason, bytes(data))
+        if isinstance(exc, BadSignature):
+            # Untrusted: its own dead letter, and the job it names is flagged, not killed (see flag_refused).
+            letter = ledger.record_dead_letter(str(uuid.uuid4()), task, reason, bytes(data), queue)
+            if job_id is not None:
+                ledger.flag_refused(job_id, queue, letter, reason)
+            job_id = letter
+        elif job_id is None or not ledger.mark_refused(job_id, queue, reason, data):
+            job_id = ledger.record_dead_letter(str(uuid.uuid4()), task, reason, bytes(data), queue)
     except Exception:  # noqa: BLE001
         log.exception("could not record a dead letter for a bad message (%s)", reason)
-    events.emit("dead", job_id, task, logging.ERROR, reason=reason, size=len(data))
+    events.emit("dead", ledger.storable(job_id or "-", 120), ledger.storable(task, 200), logging.ERROR,
+                reason=reason, size=len(data))
 
 
 def install(huey: NightshiftHuey) -> None:
     """Connect the hooks above to `huey` (in the consumer only)."""
+    _outage.on_end = lambda: recovery.hold_leases(huey)
     huey.post_execute("nightshift_outcome")(lambda task, value, exc: after_execute(huey, task, value, exc))
     huey.signal(S.SIGNAL_INTERRUPTED)(lambda signal, task, *a: on_interrupted(huey, task))
     huey.signal(S.SIGNAL_EXPIRED)(lambda signal, task, *a: on_expired(huey, task))

@@ -1,4 +1,8 @@
-"""Logging set-up: a compact human format, or one JSON object per line with NIGHTSHIFT_LOG_FORMAT=json."""
+"""Logging set-up: a compact human format, or one JSON object per line with NIGHTSHIFT_LOG_FORMAT=json.
+
+Every line is masked (URLs with passwords, secret-looking names) and bounded, whatever logger wrote it: job lines
+are made safe by app.events, and the formatters do the same to plain messages and tracebacks.
+"""
 from __future__ import annotations
 
 import datetime
@@ -7,6 +11,20 @@ import logging
 import sys
 
 from app.events import text_fields
+from helpers.masking import bound, mask_text
+
+MAX_MESSAGE_CHARS = 4000
+MAX_TRACEBACK_CHARS = 20000
+
+
+def safe_message(record: logging.LogRecord) -> str:
+    return bound(mask_text(record.getMessage()), MAX_MESSAGE_CHARS)
+
+
+def safe_exception(formatter: logging.Formatter, record: logging.LogRecord) -> str:
+    return bound(mask_text(formatter.formatException(record.exc_info)), MAX_TRACEBACK_CHARS)
+
+LEVELS = ("debug", "info", "warning", "error")
 
 
 class JSONFormatter(logging.Formatter):
@@ -17,9 +35,9 @@ class JSONFormatter(logging.Formatter):
         if job:
             data.update(job)
         else:
-            data["message"] = record.getMessage()
+            data["message"] = safe_message(record)
         if record.exc_info:
-            data["exc"] = self.formatException(record.exc_info)
+            data["exc"] = safe_exception(self, record)
         return json.dumps(data, default=str)
 
 
@@ -31,7 +49,12 @@ class TextFormatter(logging.Formatter):
         job = getattr(record, "job", None)
         if job:
             record.message = f"{job['event']:<9} {job['task']} {job.get('job_id', '')} {text_fields(job)}".rstrip()
+        else:
+            record.message = safe_message(record)
         return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return bound(mask_text(super().formatException(ei)), MAX_TRACEBACK_CHARS)
 
 
 def setup(level: str = "info", fmt: str = "text", stream=None) -> None:
@@ -42,3 +65,5 @@ def setup(level: str = "info", fmt: str = "text", stream=None) -> None:
     root.setLevel(level.upper())
     # Huey logs every execution at INFO; Nightshift's own lifecycle lines say the same with more detail.
     logging.getLogger("huey").setLevel(max(logging.WARNING, root.level))
+    # peewee logs every SQL statement with its parameters at DEBUG: job arguments unmasked, so never.
+    logging.getLogger("peewee").setLevel(max(logging.INFO, root.level))

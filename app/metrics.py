@@ -103,7 +103,7 @@ class NightshiftCollector:
             histogram.add_metric([q, task], histogram_buckets(values), sum(values))
         yield histogram
 
-        by_status = {"alive": 0, "gone": 0, "stopped": 0}
+        by_status = {"alive": 0, "gone": 0, "stopped": 0, "recycled": 0}
         rss = GaugeMetricFamily("nightshift_worker_rss_bytes", "Resident memory of a live consumer.",
                                 labels=["queue", "worker"])
         done = GaugeMetricFamily("nightshift_worker_jobs_done", "Jobs a live consumer has run since it started.",
@@ -114,7 +114,7 @@ class NightshiftCollector:
                                  labels=["queue", "worker"])
         for w in workers:
             by_status[w["status"]] += 1
-            if w["status"] == "stopped":
+            if w["status"] in ("stopped", "recycled"):
                 continue
             age.add_metric([q, w["id"]], w["heartbeat_age"])
             if w["status"] == "alive":
@@ -122,7 +122,8 @@ class NightshiftCollector:
                 done.add_metric([q, w["id"]], w["jobs_done"])
                 busy.add_metric([q, w["id"]], len(w["current"]))
         count = GaugeMetricFamily("nightshift_workers", "Consumers by status (alive: fresh heartbeat; gone: "
-                                  "heartbeat too old; stopped: shut down, within the last hour).",
+                                  "heartbeat too old; stopped: shut down, recycled: replaced after its job or "
+                                  "memory limit, within the last hour).",
                                   labels=["queue", "status"])
         for name, value in by_status.items():
             count.add_metric([q, name], value)

@@ -3,11 +3,17 @@ from __future__ import annotations
 
 import peewee
 
+import config
 from app.db import database
 
 STATES = ("queued", "running", "retrying", "succeeded", "dead", "canceled", "expired")
 WAITING = ("queued", "retrying")
 FINISHED = ("succeeded", "dead", "canceled", "expired")
+
+
+def current_queue() -> str:
+    """The queue of this process's service (NIGHTSHIFT_QUEUE): whose a row written without one is."""
+    return config.get().queue
 
 
 class BaseModel(peewee.Model):
@@ -42,11 +48,15 @@ class Job(BaseModel):
     reason = peewee.TextField(null=True)               # why it is dead, canceled or was recovered
     progress = peewee.TextField(null=True)             # JSON {"done", "total", "note"}
     raw = peewee.TextField(null=True)                  # size-capped preview of a poison message
+    # The queue (NIGHTSHIFT_QUEUE) whose service owns the job: recovery and the per-queue commands act on their
+    # own queue's jobs only. NULL only for rows written before the column existed (see app.schema).
+    queue = peewee.CharField(max_length=200, null=True, default=current_queue)
 
     class Meta:
         table_name = "nightshift_job"
-        indexes = ((("state", "task"), False), (("state", "updated_at"), False),
-                   (("state", "lease_expires_at"), False),
+        indexes = ((("state", "task"), False),
+                   (("queue", "state", "updated_at"), False),        # lost-message recovery, waiting jobs
+                   (("queue", "state", "lease_expires_at"), False),  # lease recovery
                    (("finished_at",), False))  # throughput and recent-window figures (app.status)
 
 
@@ -75,6 +85,7 @@ class WorkerBeat(BaseModel):
     started_at = peewee.DateTimeField()
     last_seen = peewee.DateTimeField()
     stopped_at = peewee.DateTimeField(null=True)
+    stop_reason = peewee.CharField(max_length=16, null=True)  # stopped, recycled
     rss_bytes = peewee.BigIntegerField(default=0)
     jobs_done = peewee.IntegerField(default=0)
     current = peewee.TextField(default="[]")          # JSON list of {"id", "task", "since"}
@@ -83,4 +94,15 @@ class WorkerBeat(BaseModel):
         table_name = "nightshift_worker"
 
 
-ALL = [Job, Attempt, WorkerBeat]
+class QueueState(BaseModel):
+    """A queue's operator state that must outlive consumers and Redis: paused or not."""
+    name = peewee.CharField(primary_key=True, max_length=200)
+    paused = peewee.BooleanField(default=False)
+    changed_at = peewee.DateTimeField()
+    changed_by = peewee.CharField(max_length=200, default="")
+
+    class Meta:
+        table_name = "nightshift_queue"
+
+
+ALL = [Job, Attempt, WorkerBeat, QueueState]

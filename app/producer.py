@@ -2,6 +2,8 @@
 
 Arguments are checked (JSON values only, against the task's signature) before anything is written; the job is
 recorded in the ledger first and then put on Redis, so a Redis that is down loses nothing: recovery delivers it.
+A producer never creates a ledger: a job recorded in a brand-new one (a relative path from another directory, a
+typo) would never reach the worker, which reads the real one, so that is an error (db.LedgerMissing).
 """
 from __future__ import annotations
 
@@ -17,12 +19,22 @@ from huey.api import Task
 from huey.utils import normalize_time
 
 import config
-from app import catalog, events, ledger
-from app.codec import ensure_json
+from app import catalog, events, keycheck, ledger
+from app.codec import NotJSON, ensure_json
 from app.db import database, init as init_db
+from app.models import Job
 from app.queue import get_huey
 
 log = logging.getLogger("nightshift.producer")
+
+OPTIONS = ("key", "delay", "eta", "priority", "retries")  # submit()'s own keywords; the rest are arguments
+MAX_INT = 2**31 - 1            # priority and retries are 32-bit columns in the ledger
+MAX_DELAY = 100 * 366 * 86400  # seconds: a century is more than any job waits
+MAX_KEY = 255                  # characters: the ledger's key column
+
+
+class BadOption(ValueError):
+    """A submit option (delay, eta, priority, retries, key) with a value it cannot take."""
 
 
 @dataclasses.dataclass
@@ -33,11 +45,15 @@ class Submission:
     delivery_error: str = ""
 
 
-def _check_arguments(task_class: type, arguments: dict, where: str = "", args: tuple = ()) -> dict:
+def check_arguments(task_class: type, arguments: dict, where: str = "", args: tuple = ()) -> dict:
     """Arguments as keyword arguments, checked against the task's signature and for JSON values only."""
-    kwargs = catalog.bind_arguments(task_class, tuple(args), arguments)
-    for name, value in kwargs.items():
-        ensure_json(value, f"{where}argument {name!r}")
+    try:
+        kwargs = catalog.bind_arguments(task_class, tuple(args), arguments)
+        for name, value in kwargs.items():
+            ensure_json(value, f"argument {name!r}")
+        catalog.check_types(task_class, kwargs)
+    except (catalog.BadArguments, NotJSON) as exc:
+        raise type(exc)(f"{where}{exc}") from None
     return kwargs
 
 
@@ -50,89 +66,187 @@ def _row(task: Task, key: str | None) -> dict:
 def submit_direct(task: Task) -> Submission:
     """A task Huey enqueues that nobody recorded yet (a decorated task called directly, a periodic run, the next
     step of a pipeline): checked like any submission, then recorded and queued."""
-    task.kwargs, task.args = _check_arguments(type(task), task.kwargs, args=task.args), ()
+    task.kwargs, task.args = check_arguments(type(task), task.kwargs, args=task.args), ()
     return submit_tasks([task])
 
 
-def submit_tasks(tasks: list[Task], key: str | None = None) -> Submission:
+def submit_tasks(tasks: list[Task], key: str | None = None, *, deliver: bool = True,
+                 warn: bool = True) -> Submission:
     """Record new task instances, their arguments already checked (`build_task`, `submit_direct`), in the
-    ledger, then put them on Redis in one round trip."""
+    ledger, then put them on Redis in one round trip. `deliver=False` only records them (Redis is known to be
+    down: recovery delivers them); `warn=False` leaves telling about an unreachable Redis to the caller."""
     for task in tasks:
         task.attempt = 1
-    init_db()
+    if key is not None and (not isinstance(key, str) or ledger.storable(key, Job.key.max_length) != key):
+        raise catalog.BadArguments(f"an idempotency key is text of at most {Job.key.max_length} characters "
+                                   f"without NUL")
+    if deliver:  # (not when Redis is known to be down)
+        check_signing_key()
+    init_db(create=False)
     if key is not None:
-        return _submit_with_key(tasks[0], key)
-    ledger.insert_jobs([_row(task, None) for task in tasks])
-    return _log_submitted(tasks, _deliver(tasks, Submission([t.id for t in tasks])))
+        return _submit_with_key(tasks[0], key, warn)
+    # In id order: the ids are random, and inserting them sorted touches each page of the primary-key index once
+    # per batch instead of once per row (a bulk insert into a big SQLite ledger costs about half as much).
+    ledger.insert_jobs(sorted((_row(task, None) for task in tasks), key=lambda row: row["id"]), get_huey().name)
+    _log_submitted(tasks)  # before delivery: a worker may start the job at once, and "started" comes after
+    submission = Submission([t.id for t in tasks])
+    if not deliver:
+        submission.delivered, submission.delivery_error = False, "not tried: Redis was unreachable"
+        return submission
+    return _deliver(tasks, submission, warn)
 
 
-def _log_submitted(tasks: list[Task], submission: Submission, key: str | None = None) -> Submission:
+def check_signing_key() -> None:
+    """Refuse (keycheck.SigningKeyMismatch) before anything is recorded when the consumers use another key. An
+    unreadable Redis skips the check: the job is recorded and delivered later, as any submit while Redis is down."""
+    settings = config.get()
+    try:
+        keycheck.check(get_huey().storage.conn, settings.queue, settings.signing_key)
+    except redis.RedisError:
+        pass
+
+
+def _log_submitted(tasks: list[Task], key: str | None = None) -> None:
     """One "submitted" line per job; a bulk submit logs one line per task and batch (per job only at DEBUG)."""
-    undelivered = None if submission.delivered else True
     if len(tasks) == 1 or events.log.isEnabledFor(logging.DEBUG):
         level = logging.INFO if len(tasks) == 1 else logging.DEBUG
         for task in tasks:
             events.emit("submitted", task.id, type(task).__name__, level, attempt=1, args=task.kwargs,
-                        eta=task.eta.isoformat() if task.eta else None, priority=task.priority or None, key=key,
-                        undelivered=undelivered)
+                        eta=task.eta.isoformat() if task.eta else None, priority=task.priority or None, key=key)
     if len(tasks) > 1:
         by_task: dict[str, list[str]] = {}
         for task in tasks:
             by_task.setdefault(type(task).__name__, []).append(task.id)
         for name, ids in by_task.items():
-            events.emit_batch("submitted", name, ids, undelivered=undelivered)
-    return submission
+            events.emit_batch("submitted", name, ids)
 
 
-def _submit_with_key(task: Task, key: str) -> Submission:
+def _submit_with_key(task: Task, key: str, warn: bool = True) -> Submission:
     window = config.get().idempotency_window
     try:
         with database.atomic():
             existing = ledger.job_for_key(key, window)
             if existing is not None:
                 return Submission([existing.id], existing=[existing.id])
-            ledger.insert_jobs([_row(task, key)])
+            ledger.insert_jobs([_row(task, key)], get_huey().name)
     except peewee.IntegrityError:  # another producer recorded this key first
         existing = ledger.job_for_key(key, window)
         if existing is None:
             raise
         return Submission([existing.id], existing=[existing.id])
-    return _log_submitted([task], _deliver([task], Submission([task.id])), key)
+    _log_submitted([task], key)
+    return _deliver([task], Submission([task.id]), warn)
 
 
-def _deliver(tasks: list[Task], submission: Submission) -> Submission:
+def _deliver(tasks: list[Task], submission: Submission, warn: bool = True) -> Submission:
     try:
         get_huey().push(tasks)
     except redis.RedisError as exc:
         submission.delivered = False
         submission.delivery_error = str(exc)
-        log.warning("Redis unreachable (%s): %d job(s) recorded in the ledger and will be delivered by "
-                    "recovery when Redis is back", exc, len(tasks))
+        if warn:
+                log.warning("Redis unreachable (%s): %d job(s) recorded in the ledger and will be delivered by "
+                        "recovery when Redis is back", exc, len(tasks))
     return submission
+
+
+def check_options(delay: Any = None, eta: Any = None, priority: Any = None, retries: Any = None,
+                  key: Any = None) -> datetime.datetime | None:
+    """Refuse option values that would fail later (overflow, unstorable key); return the run time, in UTC.
+
+    An `eta` without a UTC offset is read as UTC, as the docs say (Huey would read it as local time)."""
+    if delay is not None and eta is not None:
+        raise BadOption("give delay or eta, not both")
+    if delay is not None:
+        if isinstance(delay, datetime.timedelta):
+            delay = delay.total_seconds()
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0 <= delay <= MAX_DELAY:
+            raise BadOption(f"delay must be a number of seconds from 0 to {MAX_DELAY} (100 years), got {delay!r}")
+    if eta is not None and not isinstance(eta, datetime.datetime):
+        raise BadOption(f"eta must be a datetime, got {type(eta).__name__}")
+    for name, value, low in (("priority", priority, -MAX_INT), ("retries", retries, 0)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not low <= value <= MAX_INT):
+            raise BadOption(f"{name} must be a whole number from {low} to {MAX_INT}, got {value!r}")
+    if key is not None:
+        if not isinstance(key, str) or not key or len(key) > MAX_KEY:
+            raise BadOption(f"key must be a string of 1 to {MAX_KEY} characters")
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadOption(f"key {key!r} is not valid UTF-8 text") from None
+    if delay is not None:
+        return normalize_time(None, delay, utc=True)
+    if eta is not None:
+        if eta.tzinfo is None:
+            return eta
+        try:
+            return normalize_time(eta, None, utc=True)
+        except OverflowError:
+            raise BadOption(f"eta {eta.isoformat()} is out of range") from None
+    return None
 
 
 def build_task(task_name: str, arguments: dict, *, delay: float | None = None,
                eta: datetime.datetime | None = None, priority: int | None = None,
-               retries: int | None = None, where: str = "") -> Task:
+               retries: int | None = None, where: str = "", when: datetime.datetime | None = None) -> Task:
+    """A checked task instance (not yet recorded). `when`: the run time from `check_options`, when the caller
+    checked the options once for many tasks."""
     task_class = catalog.get_task_class(task_name)
-    kwargs = _check_arguments(task_class, arguments, where)
-    when = normalize_time(eta, delay, utc=True) if (eta is not None or delay is not None) else None
+    if when is None and (delay is not None or eta is not None):
+        when = check_options(delay, eta, priority, retries)
+    elif priority is not None or retries is not None:
+        check_options(priority=priority, retries=retries)
+    kwargs = check_arguments(task_class, arguments, where)
     return task_class((), kwargs, eta=when, priority=priority, retries=retries)
 
 
-def submit(task_name: str, /, *, delay: float | None = None, eta: datetime.datetime | None = None,
-           priority: int | None = None, retries: int | None = None, key: str | None = None,
-           **arguments: Any) -> str:
-    """Queue one job and return its id. With `key`, a repeat while the first job holds the key returns the
-    first job's id instead of queueing another."""
-    task = build_task(task_name, arguments, delay=delay, eta=eta, priority=priority, retries=retries)
+def _arguments_of(task_name: str, arguments: dict | None, keywords: dict, options: dict) -> dict:
+    """The job's arguments: `arguments=` or the keywords, never both. A keyword that names a submit option and
+    also a parameter of the task is refused: it would silently have been taken as the option."""
+    if arguments is not None:
+        if keywords:
+            raise catalog.BadArguments(f"pass {task_name}'s arguments either as keywords or as arguments={{...}}, "
+                                       f"not both (got arguments= and {', '.join(map(repr, keywords))})")
+        if not isinstance(arguments, dict):
+            raise catalog.BadArguments(f"arguments= must be a dict of {task_name}'s arguments, "
+                                       f"got {type(arguments).__name__}")
+        return dict(arguments)
+    clash = sorted(name for name, value in options.items()
+                   if value is not None and name in catalog.parameter_names(catalog.get_task_class(task_name)))
+    if clash:
+        raise catalog.BadArguments(
+            f"{task_name} has a parameter named {' and '.join(map(repr, clash))}, which is also a submit option: "
+            f"pass the task's arguments as arguments={{...}}, e.g. submit({task_name!r}, "
+            f"arguments={{{clash[0]!r}: ...}}, {clash[0]}=...)")
+    return keywords
+
+
+def submit(task_name: str, /, arguments: dict | None = None, *, key: str | None = None,
+           delay: float | None = None, eta: datetime.datetime | None = None, priority: int | None = None,
+           retries: int | None = None, **keywords: Any) -> str:
+    """Queue one job and return its id.
+
+    The task's arguments come as `arguments={...}` or as keywords (`submit("add", a=1)`); key, delay, eta,
+    priority and retries are always options. With `key`, a repeat while the first job holds the key returns the
+    first job's id instead of queueing another. An `eta` without an offset is UTC."""
+    options = dict(key=key, delay=delay, eta=eta, priority=priority, retries=retries)
+    kwargs = _arguments_of(task_name, arguments, keywords, options)
+    when = check_options(**options)
+    task = build_task(task_name, kwargs, priority=priority, retries=retries, when=when)
     return submit_tasks([task], key=key).ids[0]
 
 
 def submit_many(task_name: str, arguments: Iterable[dict], *, delay: float | None = None,
                 eta: datetime.datetime | None = None, priority: int | None = None,
                 retries: int | None = None) -> list[str]:
-    """Queue many jobs of one task: one ledger transaction and one Redis round trip per call."""
-    tasks = [build_task(task_name, kwargs, delay=delay, eta=eta, priority=priority, retries=retries)
-             for kwargs in arguments]
+    """Queue many jobs of one task: one ledger transaction and one Redis round trip per call. `arguments` holds
+    one dict of arguments per job; an error names the item (from 0) that caused it, and nothing is queued."""
+    when = check_options(delay, eta, priority, retries)
+    tasks = []
+    for index, kwargs in enumerate(arguments):
+        if not isinstance(kwargs, dict):
+            raise catalog.BadArguments(f"item {index}: expected a dict of arguments, got {type(kwargs).__name__}")
+        tasks.append(build_task(task_name, kwargs, priority=priority, retries=retries, where=f"item {index}: ",
+                                when=when))
     return submit_tasks(tasks).ids if tasks else []

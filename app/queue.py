@@ -7,21 +7,25 @@ before it runs so a duplicate delivery of the same attempt is skipped.
 from __future__ import annotations
 
 import datetime
+import inspect
 import struct
 import time
 from typing import Any, Iterable
 
 from huey import Huey
-from huey.api import Result, Task
+from huey.api import Result, Task, TaskWrapper
+from huey.consumer import ThreadEnvironment
 from huey.exceptions import HueyException
 from huey.registry import Registry
 from huey.storage import PriorityRedisExpireStorage
 from huey.utils import ChordConfig
 
 import config
+from app import timelimits
 from app.codec import JSONCodec, PoisonMessage
 
 MESSAGE_VERSION = 1
+ID_LENGTH = 36  # the ledger's job id column (app.models.Job.id)
 
 
 def _dt(value: Any) -> Any:
@@ -65,6 +69,9 @@ class MessageRegistry(Registry):
                 or not isinstance(message.get("id"), str) or not isinstance(message.get("kwargs", {}), dict) \
                 or not isinstance(message.get("args", []), list):
             raise PoisonMessage("message is JSON but not a Nightshift task message")
+        if not is_ledger_id(message["id"]):
+            raise PoisonMessage(f"message id {message['id'][:60]!r}{'...' if len(message['id']) > 60 else ''} "
+                                f"({len(message['id'])} characters) cannot be a job id")
         task_class = self._registry.get(message["task"])
         if task_class is None:
             raise UnknownTask(message["task"])
@@ -82,16 +89,54 @@ class MessageRegistry(Registry):
         return task
 
 
+def is_ledger_id(job_id: str) -> bool:
+    """Could `job_id` key a ledger row as it is? (Nightshift's own ids are 36-character uuids.)"""
+    return 0 < len(job_id) <= ID_LENGTH and job_id.isprintable()
+
+
 class UnknownTask(PoisonMessage):
     def __init__(self, name: str) -> None:
-        super().__init__(f"unknown task {name!r}: no task module loaded by this consumer defines it")
+        shown = repr(name[:200]) + ("..." if len(name) > 200 else "")
+        super().__init__(f"unknown task {shown}: no task module loaded by this consumer defines it")
         self.task_name = name
+
+
+# The keywords Huey's TaskWrapper.s() takes as options of a direct call (`my_task(x, retries=2)`).
+CALL_OPTIONS = ("eta", "delay", "id", "retries", "retry_delay", "retry_backoff", "priority", "expires", "timeout")
+
+
+class ArgumentsFirstTaskWrapper(TaskWrapper):
+    """Huey's task wrapper, except that a keyword naming one of the task's own parameters is an argument, even
+    when Huey would take it as an option (`import_records(path, key="sku")`, `my_task(retries=7)`)."""
+
+    def s(self, *args, **kwargs):
+        own = [name for name in CALL_OPTIONS if name in kwargs and name in self._parameters()]
+        taken = {name: kwargs.pop(name) for name in own}
+        task = super().s(*args, **kwargs)
+        if taken:
+            task.kwargs = {**task.kwargs, **taken}
+        return task
+
+    def _parameters(self) -> set[str]:
+        names = getattr(self, "_parameter_names", None)
+        if names is None:
+            names = self._parameter_names = set(inspect.signature(self.func).parameters)
+        return names
 
 
 class NightshiftHuey(Huey):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._registry = MessageRegistry()
+
+    def get_task_wrapper_class(self) -> type:
+        return ArgumentsFirstTaskWrapper
+
+    def _timeout_context(self, task: Task):
+        """Huey's time limit, and in thread workers (where Huey has none) the watchdog's of app.timelimits."""
+        if task.timeout and isinstance(getattr(self._timeout_handler, "__self__", None), ThreadEnvironment):
+            return timelimits.limit(task.timeout)
+        return super()._timeout_context(task)
 
     def create_consumer(self, **options: Any):
         from app.consumer import NightshiftConsumer
@@ -140,7 +185,7 @@ class NightshiftHuey(Huey):
             return self.deserialize_task(data)
         except Exception as exc:  # noqa: BLE001 - any unreadable message is a dead letter, never a crash
             from app import lifecycle
-            lifecycle.dead_letter_message(data, exc)
+            lifecycle.dead_letter_message(data, exc, self.name)
             return None
 
     def _deserialize_all(self, messages: Iterable[bytes]) -> list:
@@ -176,7 +221,7 @@ class NightshiftHuey(Huey):
         from app import lifecycle, monitoring
         # sentry-sdk's patched Huey.enqueue adds trace headers to the kwargs of a retry; they are no argument.
         task.kwargs.pop("sentry_headers", None)
-        if not lifecycle.claim(task):
+        if not lifecycle.claim(self, task):
             return None
         with monitoring.job_scope(self, task):
             return super()._execute(task, timestamp)  # Huey._execute, patched by Sentry's integration if on

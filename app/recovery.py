@@ -5,6 +5,9 @@
 2. A waiting job (queued or retrying) that has been waiting longer than NIGHTSHIFT_RECOVERY_GRACE and whose
    message is neither on the queue nor on the schedule is sent again, with its original time. The queue is
    compared with the ledger, so a healthy backlog is never duplicated.
+
+Both act on the jobs of this consumer's queue (NIGHTSHIFT_QUEUE) only: services with other queues may share the
+ledger, and their jobs are theirs to recover (this consumer may not even know their tasks).
 """
 from __future__ import annotations
 
@@ -13,18 +16,22 @@ import datetime
 import json
 import logging
 import re
+import time
 
 from huey.api import Task
 
 import config
-from app import catalog, events, ledger
-from app.db import init as init_db
+from app import catalog, clock, events, keys, ledger
+from app.db import database, init as init_db
 from app.models import WAITING, Job
 from app.queue import NightshiftHuey
 
 log = logging.getLogger("nightshift.recovery")
 _ID = re.compile(rb'"id":"([^"]+)"')
 SCAN_CHUNK = 5000
+# A message a worker has popped but not yet claimed in the ledger is in neither place. Jobs that look lost are
+# looked up again this long after the scan, once that worker's claim has landed, before they are sent again.
+CONFIRM_SECONDS = 1.0
 
 
 @dataclasses.dataclass
@@ -33,26 +40,35 @@ class Report:
     lease_dead: int = 0
     resent: int = 0
     unknown_task: int = 0
+    refused: int = 0
     queued_in_redis: int = 0
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def describe(self) -> str:
+        """What recovery did, as a log line a person reads."""
+        parts = [f"requeued {self.lease_requeued} job(s) whose lease expired" if self.lease_requeued else "",
+                 f"{self.lease_dead} job(s) dead after losing their lease too often" if self.lease_dead else "",
+                 f"sent {self.resent} waiting job(s) again (missing from Redis)" if self.resent else "",
+                 f"{self.unknown_task} job(s) dead: unknown task" if self.unknown_task else "",
+                 f"{self.refused} job(s) dead: their message was refused, not sent again" if self.refused else ""]
+        return "; ".join(p for p in parts if p)
+
 
 def message_ids(huey: NightshiftHuey) -> set[str]:
-    """Ids of every job whose message is on the queue or the schedule."""
+    """Ids of every job whose message is on the schedule or the queue throughout the scan.
+
+    ZSCAN, not paging by index: workers pop the queue's head while it is read, which shifts every index and made
+    paging skip messages (a healthy backlog then looked lost and was sent again). ZSCAN returns every member
+    present from the start to the end of the scan, SCAN_CHUNK at a time; only the ids are kept. The schedule is
+    read first: a message the scheduler moves meanwhile goes onto the queue, which is read after."""
     storage, ids = huey.storage, set()
-    for key in (storage.queue_key, storage.schedule_key):
-        start = 0
-        while True:
-            chunk = storage.conn.zrange(key, start, start + SCAN_CHUNK - 1)
-            for data in chunk:
-                match = _ID.search(data)
-                if match:
-                    ids.add(match.group(1).decode())
-            if len(chunk) < SCAN_CHUNK:
-                break
-            start += SCAN_CHUNK
+    for key in (storage.schedule_key, storage.queue_key):
+        for data, _score in storage.conn.zscan_iter(key, count=SCAN_CHUNK):
+            match = _ID.search(data)
+            if match:
+                ids.add(match.group(1).decode())
     return ids
 
 
@@ -78,14 +94,37 @@ def _resend(huey: NightshiftHuey, jobs: list[Job], report: Report) -> list[Task]
     return tasks
 
 
+def hold_leases(huey: NightshiftHuey, seconds: float | None = None) -> None:
+    """After the ledger was unwritable, no worker could renew its leases: tell every consumer's recovery to leave
+    leases alone for a lease period (a key in the shared Redis), so a job that finished during the outage and
+    records it now is not taken for lost and run again."""
+    seconds = seconds or config.get().lease_seconds * 1.5
+    huey.storage.conn.set(keys.leases_held(huey.name), "1", px=int(seconds * 1000))
+
+
+def leases_held(huey: NightshiftHuey) -> bool:
+    return bool(huey.storage.conn.exists(keys.leases_held(huey.name)))
+
+
 def recover_expired_leases(huey: NightshiftHuey, report: Report, now: datetime.datetime) -> None:
     settings = config.get()
-    expired = list(Job.select().where(Job.state == "running", Job.lease_expires_at < now))
+    if leases_held(huey):
+        return
+    began = time.monotonic()
+    with database.atomic():  # on SQLite this waits while another process holds the write lock
+        waited = time.monotonic() - began
+    if waited > settings.lease_seconds / 3:  # longer than a keeper's renewal interval: leases went stale
+        log.warning("recovery waited %.1f s for the ledger's write lock: leases are left alone for a lease "
+                    "period", waited)
+        hold_leases(huey)
+        return
+    expired = list(Job.select().where(Job.queue == huey.name, Job.state == "running", Job.lease_expires_at < now))
     requeued = []
     for job in expired:
         losses = job.lease_losses + 1
         if losses > settings.max_lease_losses:
-            reason = f"lost its lease {losses} times (its worker died or hung each time)"
+            reason = (f"lost its lease {losses} times (its worker died, hung or blocked lease renewal each time; a "
+                      f"task that holds the GIL that long needs a longer lease: @task(lease=SECONDS))")
             if ledger.mark_dead(job.id, reason, job.error, job.traceback, attempt=job.attempt, outcome="lease-lost"):
                 report.lease_dead += 1
                 events.emit("dead", job.id, job.task, logging.ERROR, attempt=job.attempt, reason=reason)
@@ -101,15 +140,28 @@ def recover_expired_leases(huey: NightshiftHuey, report: Report, now: datetime.d
 
 def recover_lost_messages(huey: NightshiftHuey, report: Report, now: datetime.datetime) -> None:
     cutoff = now - datetime.timedelta(seconds=config.get().recovery_grace)
-    waiting = {job.id: job for job in Job.select().where(Job.state.in_(WAITING), Job.updated_at < cutoff)}
+    waiting = {job.id: job for job in Job.select().where(Job.queue == huey.name, Job.state.in_(WAITING),
+                                                         Job.updated_at < cutoff)}
     present = message_ids(huey)  # read after the ledger: a message taken meanwhile shows as claimed below
     report.queued_in_redis = len(present)
     missing = [job for job_id, job in waiting.items() if job_id not in present]
+    if missing:
+        time.sleep(CONFIRM_SECONDS)
     lost = []
     for start in range(0, len(missing), 500):
         chunk = {job.id: job for job in missing[start:start + 500]}
-        still = Job.select(Job.id, Job.attempt).where(Job.id.in_(list(chunk)), Job.state.in_(WAITING)).tuples()
-        lost.extend(chunk[job_id] for job_id, attempt in still if chunk[job_id].attempt == attempt)
+        still = Job.select(Job.id, Job.attempt, Job.reason).where(Job.id.in_(list(chunk)),
+                                                                  Job.state.in_(WAITING)).tuples()
+        for job_id, attempt, reason in still:
+            if chunk[job_id].attempt != attempt:
+                continue
+            if ledger.is_flagged_refused(reason):  # its message was refused: never sent again
+                if ledger.fold_refused(job_id, attempt, reason):
+                    report.refused += 1
+                    events.emit("dead", job_id, chunk[job_id].task, logging.ERROR, attempt=attempt,
+                                reason="its message was refused; not sent again")
+                continue
+            lost.append(chunk[job_id])
     for job in lost:
         events.emit("recovered", job.id, job.task, logging.WARNING, attempt=job.attempt,
                     reason="message missing from Redis; sent again")
@@ -119,9 +171,10 @@ def recover_lost_messages(huey: NightshiftHuey, report: Report, now: datetime.da
 def recover(huey: NightshiftHuey) -> Report:
     """Run both recoveries once. Safe to run from several consumers at once: every transition is guarded."""
     init_db()
+    clock.sync(huey.storage.conn)  # leases are judged on Redis's clock, whichever host runs this
     report, now = Report(), ledger.now()
     recover_expired_leases(huey, report, now)
     recover_lost_messages(huey, report, now)
-    if report.lease_requeued or report.lease_dead or report.resent or report.unknown_task:
-        log.warning("recovery: %s", report.as_dict())
+    if report.lease_requeued or report.lease_dead or report.resent or report.unknown_task or report.refused:
+        log.warning("recovery: %s", report.describe())
     return report

@@ -13,7 +13,8 @@ import calendar
 import datetime
 import logging
 import time
-from typing import Callable, Iterable
+import zoneinfo
+from typing import Callable, Iterable, Iterator
 
 from huey import crontab as huey_crontab
 from huey.consumer import Scheduler
@@ -116,6 +117,12 @@ def describe(spec: str) -> str:
     return " ".join(parts)
 
 
+def zone_of(task_class: type) -> str:
+    """The time zone a periodic task's schedule is read in."""
+    validate = getattr(task_class, "periodic_schedule", None)
+    return validate.zone_name if isinstance(validate, Zoned) else "UTC"
+
+
 def spec_of(task_class: type) -> str | None:
     """The crontab spec a periodic task was declared with, when known."""
     validate = getattr(task_class, "periodic_schedule", None)
@@ -156,18 +163,104 @@ def next_run(task_class: type, after: datetime.datetime | None = None, tick: int
         return None
     if validate(first):
         return first
-    minutes, hours, days, months, weekdays = allowed(spec)
+    if isinstance(validate, Zoned):
+        return validate.next_run(first, tick, horizon_days)
     start = first.replace(second=0, microsecond=0) + datetime.timedelta(minutes=1)
-    day = start.replace(hour=0, minute=0)
+    return next(_walls(spec, start, horizon_days), None)
+
+
+def _walls(spec: str, start: datetime.datetime, horizon_days: int) -> Iterator[datetime.datetime]:
+    """The wall-clock minutes from `start` on that `spec` matches, in order."""
+    minutes, hours, days, months, weekdays = allowed(spec)
+    day = start.replace(hour=0, minute=0, second=0, microsecond=0)
     for _ in range(horizon_days):
         if day.month in months and day.day in days and (day.weekday() + 1) % 7 in weekdays:
             for hour in sorted(hours):
                 for minute in sorted(minutes):
                     candidate = day.replace(hour=hour, minute=minute)
                     if candidate >= start:
-                        return candidate
+                        yield candidate
         day += datetime.timedelta(days=1)
-    return None
+
+
+# -- schedules in a time zone ---------------------------------------------------------------------------------------
+
+def zone(name: str | None = None) -> zoneinfo.ZoneInfo:
+    """A time zone by name; None: NIGHTSHIFT_TIMEZONE."""
+    return zoneinfo.ZoneInfo(name or config.get().timezone)
+
+
+def _local(utc: datetime.datetime, tz: zoneinfo.ZoneInfo) -> datetime.datetime:
+    return utc.replace(tzinfo=datetime.UTC).astimezone(tz)
+
+
+def _utc(wall: datetime.datetime, tz: zoneinfo.ZoneInfo, fold: int = 0) -> datetime.datetime:
+    return wall.replace(tzinfo=tz, fold=fold).astimezone(datetime.UTC).replace(tzinfo=None)
+
+
+def exists(wall: datetime.datetime, tz: zoneinfo.ZoneInfo) -> bool:
+    """False for a wall time skipped when the clocks go forward."""
+    return _local(_utc(wall, tz), tz).replace(tzinfo=None) == wall
+
+
+class Zoned:
+    """A periodic task's schedule read on a time zone's wall clock, with cron's rules across daylight-saving
+    changes, so a daily job runs exactly once on the day the clocks change:
+    - a run whose wall time is skipped when the clocks go forward runs at the first tick after the change;
+    - a run whose wall time comes twice when the clocks go back runs on the first pass only, unless its schedule
+      runs every hour (then on both passes, as every hour of that day is a real hour).
+    Called by the scheduler with each tick's start (naive UTC), like any validate function."""
+
+    def __init__(self, validate: Callable[[datetime.datetime], bool], tz: str | None) -> None:
+        self.validate = validate
+        self.tz = tz  # None: NIGHTSHIFT_TIMEZONE, read when the schedule is judged
+        self.cron = getattr(validate, "cron", None)
+        self.words = getattr(validate, "words", None)
+        self.fixed_hours = bool(self.cron) and len(allowed(self.cron)[1]) < 24
+
+    @property
+    def zone_name(self) -> str:
+        return self.tz or config.get().timezone
+
+    def __call__(self, utc_tick: datetime.datetime) -> bool:
+        tz, tick = zone(self.tz), datetime.timedelta(seconds=config.get().tick_seconds)
+        local = _local(utc_tick, tz)
+        wall = local.replace(tzinfo=None)
+        if local.fold and self.fixed_hours:
+            return False
+        if self.validate(wall):
+            return True
+        expected = _local(utc_tick - tick, tz).replace(tzinfo=None) + tick  # the wall time without a change
+        minute = expected.replace(second=0, microsecond=0)
+        if minute < expected:
+            minute += datetime.timedelta(minutes=1)
+        while minute < wall:  # wall times the clocks skipped since the last tick
+            if self.validate(minute):
+                return True
+            minute += datetime.timedelta(minutes=1)
+        return False
+
+    def next_run(self, first: datetime.datetime, tick: int, horizon_days: int) -> datetime.datetime | None:
+        """The first tick from `first` (naive UTC) at which this schedule runs."""
+        tz = zone(self.tz)
+        step = datetime.timedelta(seconds=tick)
+        runs = []
+        start = _local(first, tz).replace(tzinfo=None, second=0, microsecond=0) - datetime.timedelta(hours=3)
+        for wall in _walls(self.cron, start, horizon_days):
+            if not exists(wall, tz):  # skipped: the first tick after the clocks went forward
+                instant = _utc(wall, tz) - datetime.timedelta(hours=3)
+                while not self(instant):
+                    instant += step
+                runs.append(instant)
+            else:
+                runs.append(_utc(wall, tz))
+                if not self.fixed_hours and _utc(wall, tz, fold=1) != runs[-1]:
+                    runs.append(_utc(wall, tz, fold=1))
+            later = [run for run in runs if run >= first]
+            if later and len(runs) >= 4:
+                return min(later)
+        later = [run for run in runs if run >= first]
+        return min(later) if later else None
 
 
 # -- once per tick across consumers --------------------------------------------------------------------------------

@@ -4,19 +4,26 @@ Shared by `nightshift status`, `nightshift health` and the Prometheus collector 
 either bounded by an index (state, finished_at) or by a recent window, so a ledger of millions of finished jobs
 costs no more than a small one: counts are aggregated in SQL, and percentiles are computed in Python over at most
 SAMPLE_LIMIT durations of jobs that finished within the window.
+
+Several services (queues) may share one ledger: every figure is of this service's queue (NIGHTSHIFT_QUEUE) unless
+asked for other queues by name, or for all of them (ALL_QUEUES), where `None` stands for the rows written before
+the ledger recorded queues (their owner is unknown, see app.schema).
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import json
 import socket
-from typing import Any
+from typing import Any, Iterable
 
 import peewee
 from peewee import fn
 
 import config
+from app import ledger, pausing
 from app.models import WAITING, Job, WorkerBeat
+from app.queue import build_huey
+from helpers.masking import bound, mask, secret_values
 
 WINDOW_SECONDS = 3600          # per-task figures cover jobs finished in the last hour
 SAMPLE_LIMIT = 5000            # at most this many recent durations feed the percentiles and histograms
@@ -45,15 +52,44 @@ def gone_after(settings: config.Settings | None = None) -> float:
     return 3 * (settings or config.get()).heartbeat_seconds
 
 
+# -- which queues --------------------------------------------------------------------------------------------------
+
+ALL_QUEUES = "*"        # every queue that has jobs or consumers in the ledger
+NO_QUEUE_NAME = "(none)"  # how rows without a queue are named in output
+
+
+def known_queues() -> list[str | None]:
+    """Every queue the ledger has jobs or consumers of (None: jobs from before the ledger recorded queues)."""
+    names = {row[0] for row in Job.select(Job.queue).distinct().tuples()}
+    names |= {row[0] for row in WorkerBeat.select(WorkerBeat.queue).distinct().tuples()}
+    return sorted(names, key=lambda name: (name is None, name or ""))
+
+
+def resolve_queues(queues: Iterable[str | None] | str | None = None) -> list[str | None]:
+    """None: this service's queue; ALL_QUEUES: every known queue; else the names given."""
+    if queues is None:
+        return [config.get().queue]
+    if queues == ALL_QUEUES:
+        return known_queues()
+    return list(queues)
+
+
+def of_queues(queues: Iterable[str | None] | str | None = None) -> peewee.Expression:
+    """WHERE condition: jobs of these queues (see resolve_queues)."""
+    return ledger.in_queues(resolve_queues(queues))
+
+
 # -- queue ---------------------------------------------------------------------------------------------------------
 
-def queue_counts(stamp: datetime.datetime) -> dict:
+def queue_counts(stamp: datetime.datetime, queue: str | None | bool = False) -> dict:
     """Jobs waiting (due now), scheduled (eta in the future), running, retrying (part of waiting/scheduled) and
-    dead, in one grouped query on the state index; plus how long the longest-waiting due job has waited."""
+    dead, in one grouped query on the state index; plus how long the longest-waiting due job has waited.
+    Of `queue` (default: this service's; None: jobs without a queue)."""
+    mine = of_queues([config.get().queue if queue is False else queue])
     future = peewee.Case(None, [(Job.eta > stamp, 1)], 0)
     counts = {"waiting": 0, "scheduled": 0, "running": 0, "retrying": 0, "dead": 0}
     query = (Job.select(Job.state, fn.COUNT(Job.id), fn.SUM(future))
-             .where(Job.state.in_(WAITING + ("running", "dead"))).group_by(Job.state).tuples())
+             .where(mine, Job.state.in_(WAITING + ("running", "dead"))).group_by(Job.state).tuples())
     for state, total, scheduled in query:
         scheduled = int(scheduled or 0)
         if state in WAITING:
@@ -65,7 +101,7 @@ def queue_counts(stamp: datetime.datetime) -> dict:
             counts[state] += total
     # Due since: its eta, or when it was queued (created, requeued or set to retry without a delay).
     oldest = _dt(Job.select(fn.MIN(fn.COALESCE(Job.eta, Job.updated_at))).where(
-        Job.state.in_(WAITING), Job.eta.is_null() | (Job.eta <= stamp)).scalar())
+        mine, Job.state.in_(WAITING), Job.eta.is_null() | (Job.eta <= stamp)).scalar())
     counts["oldest_waiting_seconds"] = round(max((stamp - oldest).total_seconds(), 0.0), 3) if oldest else None
     counts["oldest_waiting_since"] = _iso(oldest)
     return counts
@@ -87,16 +123,17 @@ def redis_counts(huey: Any = None) -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def throughput(stamp: datetime.datetime) -> dict:
-    """Jobs finished (succeeded or dead) per minute over the last 1, 5 and 15 minutes; one range scan on the
-    finished_at index."""
+def throughput(stamp: datetime.datetime, queues: Iterable[str | None] | str | None = None) -> dict:
+    """Jobs of `queues` (see resolve_queues) finished (succeeded or dead) per minute over the last 1, 5 and 15
+    minutes; one range scan on the finished_at index."""
     since = {m: stamp - datetime.timedelta(minutes=m) for m in THROUGHPUT_WINDOWS}
     # The state test is inside the sums, not in WHERE, so that the planner (SQLite has no statistics) ranges
     # over the finished_at index rather than over every succeeded job in the state index.
     processed = Job.state.in_(PROCESSED)
     columns = [fn.SUM(peewee.Case(None, [((Job.finished_at >= since[m]) & processed, 1)], 0))
                for m in THROUGHPUT_WINDOWS]
-    row = Job.select(*columns).where(Job.finished_at >= since[max(THROUGHPUT_WINDOWS)]).tuples().first() or ()
+    row = Job.select(*columns).where(Job.finished_at >= since[max(THROUGHPUT_WINDOWS)], of_queues(queues)) \
+        .tuples().first() or ()
     return {f"{m}m": round(int(row[i] or 0) / m, 2) if row else 0.0 for i, m in enumerate(THROUGHPUT_WINDOWS)}
 
 
@@ -110,13 +147,13 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[rank - 1]
 
 
-def recent_durations(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
-                     limit: int = SAMPLE_LIMIT) -> dict[str, list[float]]:
+def recent_durations(stamp: datetime.datetime, window: float = WINDOW_SECONDS, limit: int = SAMPLE_LIMIT,
+                     queues: Iterable[str | None] | str | None = None) -> dict[str, list[float]]:
     """Durations of the most recent jobs that finished within the window, by task (bounded by `limit`)."""
     since = stamp - datetime.timedelta(seconds=window)
     by_task: dict[str, list[float]] = {}
     query = (Job.select(Job.task, Job.state, Job.duration)
-             .where(Job.finished_at >= since, Job.duration.is_null(False))  # finished_at index (see throughput)
+             .where(Job.finished_at >= since, Job.duration.is_null(False), of_queues(queues))  # finished_at index
              .order_by(Job.finished_at.desc()).limit(limit).tuples())
     for task, state, duration in query:
         if state in PROCESSED:
@@ -124,11 +161,13 @@ def recent_durations(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
     return by_task
 
 
-def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS) -> list[dict]:
+def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
+               queues: Iterable[str | None] | str | None = None) -> list[dict]:
     """Per task: jobs finished in the window by outcome, success rate, p50/p95 duration, jobs running and
     waiting now, and its last failure (the most recent job that went dead)."""
     since = stamp - datetime.timedelta(seconds=window)
     tasks: dict[str, dict] = {}
+    mine = of_queues(resolve_queues(queues))
 
     def entry(name: str) -> dict:
         return tasks.setdefault(name, {"task": name, "finished": 0, "succeeded": 0, "dead": 0, "canceled": 0,
@@ -138,16 +177,17 @@ def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS) -> list
     outcomes = ("succeeded", "dead", "canceled", "expired")
     # Grouped by task only (not by state), so the planner ranges over the finished_at index.
     sums = [fn.SUM(peewee.Case(None, [(Job.state == outcome, 1)], 0)) for outcome in outcomes]
-    for name, *counts in (Job.select(Job.task, *sums).where(Job.finished_at >= since)
+    for name, *counts in (Job.select(Job.task, *sums).where(Job.finished_at >= since, mine)
                           .group_by(Job.task).tuples()):
         e = entry(name)
         for outcome, count in zip(outcomes, counts):
             e[outcome] += int(count or 0)
             e["finished"] += int(count or 0)
     for name, state, count in (Job.select(Job.task, Job.state, fn.COUNT(Job.id))
-                               .where(Job.state.in_(WAITING + ("running",))).group_by(Job.task, Job.state).tuples()):
+                               .where(mine, Job.state.in_(WAITING + ("running",)))
+                               .group_by(Job.task, Job.state).tuples()):
         entry(name)["running" if state == "running" else "waiting"] += count
-    for name, durations in recent_durations(stamp, window).items():
+    for name, durations in recent_durations(stamp, window, queues=resolve_queues(queues)).items():
         durations.sort()
         e = entry(name)
         e["p50"], e["p95"] = percentile(durations, 50), percentile(durations, 95)
@@ -156,21 +196,21 @@ def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS) -> list
         outcomes = e["succeeded"] + e["dead"]
         e["success_rate"] = round(e["succeeded"] / outcomes, 4) if outcomes else None
         row = (Job.select(Job.id, Job.finished_at, Job.attempt, Job.error, Job.reason)
-               .where(Job.state == "dead", Job.task == e["task"])
+               .where(mine, Job.state == "dead", Job.task == e["task"])
                .order_by(Job.finished_at.desc()).limit(1).tuples().first())
         if row:
             job_id, finished, attempt, error, reason = row
             e["last_failure"] = {"job_id": job_id, "at": _iso(_dt(finished)), "attempt": attempt,
-                                 "error": error or reason}
+                                 "error": bound(error or reason, 500)}
     return sorted(tasks.values(), key=lambda e: (-(e["finished"] + e["running"] + e["waiting"]), e["task"]))
 
 
 # -- workers -------------------------------------------------------------------------------------------------------
 
 def worker_status(beat: WorkerBeat, stamp: datetime.datetime, limit: float) -> str:
-    """stopped (said goodbye), gone (stopped beating: killed or hung) or alive."""
+    """stopped or recycled (said goodbye, and why), gone (stopped beating: killed or hung) or alive."""
     if beat.stopped_at is not None:
-        return "stopped"
+        return beat.stop_reason or "stopped"
     return "gone" if (stamp - beat.last_seen).total_seconds() > limit else "alive"
 
 
@@ -183,12 +223,11 @@ def workers(stamp: datetime.datetime, queue: str | None = None, settings: config
     since = stamp - datetime.timedelta(seconds=max(shown_for, limit))
     rows = (WorkerBeat.select().where(WorkerBeat.queue == queue, WorkerBeat.last_seen >= since)
             .order_by(WorkerBeat.started_at.desc()).limit(200))
+    rows = list(rows)
+    running = running_by_worker([beat.id for beat in rows])
     result = []
     for beat in rows:
-        try:
-            current = json.loads(beat.current or "[]")
-        except ValueError:
-            current = []
+        current = running.get(beat.id, [])
         for job in current:
             since_job = _dt(job.get("since"))
             job["running_for"] = round((stamp - since_job).total_seconds(), 3) if since_job else None
@@ -200,9 +239,23 @@ def workers(stamp: datetime.datetime, queue: str | None = None, settings: config
             "stopped_at": _iso(beat.stopped_at), "rss_bytes": beat.rss_bytes, "jobs_done": beat.jobs_done,
             "current": current,
         })
-    order = {"alive": 0, "gone": 1, "stopped": 2}
+    order = {"alive": 0, "gone": 1, "stopped": 2, "recycled": 3}
     result.sort(key=lambda w: (order[w["status"]], w["id"]))
     return result
+
+
+def running_by_worker(worker_ids: list[str]) -> dict[str, list[dict]]:
+    """What each worker runs now, from the ledger's running jobs (written when a job is claimed), not from the
+    heartbeat (written every NIGHTSHIFT_HEARTBEAT_SECONDS), so a job shows as soon as it starts."""
+    found: dict[str, list[dict]] = {}
+    if not worker_ids:
+        return found
+    query = (Job.select(Job.id, Job.task, Job.attempt, Job.started_at, Job.worker)
+             .where(Job.state == "running", Job.worker.in_(worker_ids)).order_by(Job.started_at).tuples())
+    for job_id, task, attempt, started, worker in query:
+        found.setdefault(worker, []).append({"id": job_id, "task": task, "attempt": attempt,
+                                             "since": _dt(started).isoformat() if started else None})
+    return found
 
 
 def alive_workers(stamp: datetime.datetime, queue: str, settings: config.Settings,
@@ -219,22 +272,36 @@ def alive_workers(stamp: datetime.datetime, queue: str, settings: config.Setting
 
 # -- everything ----------------------------------------------------------------------------------------------------
 
-def snapshot(settings: config.Settings | None = None, window: float = WINDOW_SECONDS, huey: Any = None) -> dict:
-    """The whole picture, as plain JSON-able data (the shape of `nightshift status --json`)."""
+def snapshot(settings: config.Settings | None = None, window: float = WINDOW_SECONDS, huey: Any = None,
+             queues: Iterable[str | None] | str | None = None) -> dict:
+    """The whole picture of `queues` (default: this service's; see resolve_queues), as plain JSON-able data (the
+    shape of `nightshift status --json`): a row per queue; throughput, tasks and workers of them all."""
     from app.db import init as init_db
     settings = settings or config.get()
     init_db()
     stamp = now()
-    queue = {"name": settings.queue, **queue_counts(stamp), "redis": redis_counts(huey)}
-    return {
+    names = resolve_queues(queues)
+    rows = []
+    for name in names:
+        if name is None:
+            on_redis = {"ok": False, "error": "jobs from before the ledger recorded queues: no queue to count"}
+        elif name == settings.queue:
+            on_redis = redis_counts(huey)
+        else:
+            on_redis = redis_counts(build_huey(dataclasses.replace(settings, queue=name)))
+        rows.append({"name": NO_QUEUE_NAME if name is None else name,
+                     "paused": name is not None and pausing.is_paused_in_ledger(name), **queue_counts(stamp, name),
+                     "redis": on_redis})
+    # Errors quote URLs and drivers' messages: masked like every other place a value is shown.
+    return mask({
         "generated_at": _iso(stamp),
         "window_seconds": window,
         "gone_after_seconds": gone_after(settings),
-        "queues": [queue],
-        "throughput_per_minute": throughput(stamp),
-        "tasks": task_stats(stamp, window),
-        "workers": workers(stamp, settings.queue, settings),
-    }
+        "queues": rows,
+        "throughput_per_minute": throughput(stamp, names),
+        "tasks": task_stats(stamp, window, names),
+        "workers": [w for name in names if name is not None for w in workers(stamp, name, settings)],
+    }, secret_values(settings))
 
 
 # -- health --------------------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ the first page it had not committed; a page fetched but not committed is simply 
 Pagination: the page is a JSON object with its records in `records_key` (or a bare JSON list), and the next
 page is named by the `next_key` field -- a URL (absolute or relative) or, when `cursor_param` is given, a
 cursor value sent as that query parameter -- or by a `Link: <...>; rel="next"` header. No next: done.
+
+Credentials (`headers`) go only to the origin (scheme, host, port) of the first URL. A next page on another
+origin is refused as a permanent error, or, with `follow_other_origins`, fetched without any of `headers`.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from helpers import db as dbh
 from helpers import http
 from helpers.backoff import backoff_delay
 from helpers.errors import PermanentError, TemporaryError
+from helpers.masking import mask_url
 from helpers.ratelimit import RateLimiter
 
 Progress = Callable[[int, "int | None", str], None]
@@ -79,6 +83,25 @@ def next_page_url(current: str, page: Any, headers: Any, next_key: str, cursor_p
     return urllib.parse.urljoin(current, match.group(1)) if match else None
 
 
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of `url`: where credentials given for it may go."""
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def headers_for(url: str, first_url: str, headers: dict[str, str] | None,
+                follow_other_origins: bool) -> dict[str, str] | None:
+    """The caller's headers when `url` is on the first URL's origin; none (or a refusal) elsewhere."""
+    if not headers or origin(url) == origin(first_url):
+        return headers
+    if follow_other_origins:
+        return None
+    scheme, host, port = origin(first_url)
+    raise PermanentError(f"next page {mask_url(url)} is on another origin than {scheme}://{host}:{port}, the only "
+                         "one the pull's headers are sent to; refused (pass follow_other_origins=true to follow "
+                         "it without them)")
+
+
 def page_records(page: Any, records_key: str) -> list[Any]:
     if isinstance(page, list):
         return page
@@ -116,7 +139,8 @@ def pull_pages(database: peewee.Database, url: str, name: str | None = None, id_
                records_key: str = "records", next_key: str = "next", cursor_param: str | None = None,
                rate: float | None = None, max_pages: int | None = None, restart: bool = False,
                timeout: float = 30.0, allow_private: bool = False, headers: dict[str, str] | None = None,
-               max_retries: int = 3, progress: Progress | None = None) -> dict[str, Any]:
+               max_retries: int = 3, progress: Progress | None = None,
+               follow_other_origins: bool = False) -> dict[str, Any]:
     """Fetch pages from where pull `name` (default: the URL) left off until the last page or `max_pages`.
 
     `rate`: at most this many requests per second. A pull that already finished does nothing unless
@@ -146,7 +170,8 @@ def pull_pages(database: peewee.Database, url: str, name: str | None = None, id_
         next_url = None
 
     while next_url and (max_pages is None or pages < max_pages):
-        page, page_headers = fetch_page(next_url, timeout, allow_private, headers, limiter, max_retries)
+        sent = headers_for(next_url, url, headers, follow_other_origins)
+        page, page_headers = fetch_page(next_url, timeout, allow_private, sent, limiter, max_retries)
         items = page_records(page, records_key)
         following = next_page_url(next_url, page, page_headers, next_key, cursor_param)
         if following == next_url:

@@ -66,12 +66,59 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+NAT64_PREFIXES = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries and a router may deliver to: IPv4-mapped, IPv4-compatible
+    (::a.b.c.d), NAT64 (64:ff9b::/96, 64:ff9b:1::/48), 6to4 (2002::/16) and Teredo (server and client)."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in IPV4_COMPATIBLE or any(ip in prefix for prefix in NAT64_PREFIXES):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
+
+
 def is_public_address(address: str) -> bool:
-    """False for loopback, private, link-local, multicast, reserved and unspecified addresses."""
+    """False for loopback, private, link-local, multicast, reserved and unspecified addresses, and for IPv6
+    addresses that embed such an IPv4 address (NAT64, 6to4, Teredo, IPv4-mapped or -compatible)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
+    candidates = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        candidates += embedded_ipv4(ip)
+    return all(c.is_global and not c.is_multicast for c in candidates)
+
+
+class _CheckedHTTPConnection(http.client.HTTPConnection):
+    """Connects to the address that was checked, never to whatever the host name resolves to by then."""
+
+    def __init__(self, host: str, port: int, address: str, **options) -> None:
+        super().__init__(host, port, **options)
+        self.checked_address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self.checked_address, self.port), self.timeout, self.source_address)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _CheckedHTTPSConnection(_CheckedHTTPConnection):
+    """Like _CheckedHTTPConnection, then TLS with the certificate verified against the host name (not the address)."""
+
+    default_port = 443
+
+    def __init__(self, host: str, port: int, address: str, context: ssl.SSLContext, **options) -> None:
+        super().__init__(host, port, address, **options)
+        self.context = context
+
+    def connect(self) -> None:
+        super().connect()
+        self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
 
 
 def check_url(url: str) -> urllib.parse.SplitResult:
@@ -116,14 +163,12 @@ def request(method: str, url: str, body: bytes | None = None, headers: Mapping[s
     https = parts.scheme == "https"
     port = parts.port or (443 if https else 80)
     address = resolve(parts.hostname, port, allow_private)
-    if https:
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.hostname, port, timeout=timeout, context=ssl_context or ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(parts.hostname, port, timeout=timeout)
     # Connect to the address we checked; TLS still verifies the certificate against the host name.
-    conn._create_connection = (  # type: ignore[attr-defined]
-        lambda addr, timeout=None, source=None: socket.create_connection((address, addr[1]), timeout, source))
+    if https:
+        conn: http.client.HTTPConnection = _CheckedHTTPSConnection(
+            parts.hostname, port, address, ssl_context or ssl.create_default_context(), timeout=timeout)
+    else:
+        conn = _CheckedHTTPConnection(parts.hostname, port, address, timeout=timeout)
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query

@@ -48,10 +48,11 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, message
 class PrivateRedis:
     """A redis-server of the test's own, on a free port, without persistence unless asked."""
 
-    def __init__(self, directory: Path, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, appendonly: bool = False, password: str | None = None) -> None:
         self.dir = directory
         self.port = free_port()
         self.appendonly = appendonly
+        self.password = password
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -62,14 +63,15 @@ class PrivateRedis:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.dir)],
+             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.dir)]
+            + (["--requirepass", self.password] if self.password else []),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.ping, 10, message=f"redis-server on port {self.port}")
         return self
 
     def ping(self) -> bool:
         try:
-            return redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+            return redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.2).ping()
         except redis.RedisError:
             return False
 
@@ -133,6 +135,7 @@ def env(tmp_path, database_url, monkeypatch):
         # Built-in periodic tasks would add ledger rows to every test's counts; tests that want them turn them on.
         "NIGHTSHIFT_CLEANUP_CRON": "off",
         "NIGHTSHIFT_BACKLOG_CRON": "off",
+        "NIGHTSHIFT_FILES_ROOT": str(tmp_path),  # file tasks read and write only in the test's directory
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]),
     }
     for key in list(os.environ):

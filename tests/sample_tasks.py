@@ -57,3 +57,64 @@ def gives_up(reason: str = "the address does not exist") -> None:
     """Fail for good on the first attempt (a permanent error): no retries."""
     from huey.exceptions import CancelExecution
     raise CancelExecution(reason, retry=False)
+
+
+@task(context=True)
+def slow_first_attempt(first_seconds: float, later_seconds: float, task=None) -> None:
+    """Attempt 1 sleeps FIRST_SECONDS and succeeds; a later attempt sleeps LATER_SECONDS and fails."""
+    if task.attempt == 1:
+        time.sleep(first_seconds)
+        return
+    time.sleep(later_seconds)
+    raise RuntimeError(f"attempt {task.attempt} fails on purpose")
+
+
+def _hold_gil(directory: str, seconds: int, job_id: str) -> None:
+    """Record the run, then block in C without releasing the GIL (as a long regex or C extension call does)."""
+    import ctypes
+    with open(os.path.join(directory, "runs.log"), "a") as f:
+        f.write(f"{job_id} start\n")
+    ctypes.PyDLL(None).sleep(int(seconds))
+
+
+@task(context=True)
+def hold_gil(directory: str, seconds: int, task=None) -> None:
+    """Hold the GIL for SECONDS: the worker's lease renewal cannot run meanwhile."""
+    _hold_gil(directory, seconds, task.id)
+
+
+@task(context=True, lease=10)
+def hold_gil_long_lease(directory: str, seconds: int, task=None) -> None:
+    """hold_gil with a lease of its own, longer than the time it holds the GIL."""
+    _hold_gil(directory, seconds, task.id)
+
+
+@task(retries=2, retry_delay=0.1, context=True)
+def fails_with_nul(directory: str, task=None) -> None:
+    """Record the run, then fail with a NUL character in the error (PostgreSQL text refuses NUL)."""
+    with open(os.path.join(directory, "runs.log"), "a") as f:
+        f.write(f"{task.id} {task.attempt}\n")
+    raise RuntimeError("bad\x00byte")
+
+
+_counters: dict[tuple[int, str], "redis.Redis"] = {}
+
+
+def _counter(redis_url: str):
+    """One Redis client per process (process workers are forked: a client must not cross the fork)."""
+    import redis
+    key = (os.getpid(), redis_url)
+    if key not in _counters:
+        _counters[key] = redis.Redis.from_url(redis_url)
+    return _counters[key]
+
+
+@task(context=True)
+def count_effect_run(redis_url: str, prefix: str, seconds: float = 0.0, task=None) -> None:
+    """Count this run in REDIS_URL, keyed by job id: INCR PREFIX:started:ID, sleep SECONDS, then INCR
+    PREFIX:effect:ID (the job's effect). The chaos tests point REDIS_URL at a Redis their faults leave alone,
+    so the counts tell runs killed midway (started, no effect) from effects made more than once."""
+    client = _counter(redis_url)
+    client.incr(f"{prefix}:started:{task.id}")
+    time.sleep(seconds)
+    client.incr(f"{prefix}:effect:{task.id}")

@@ -123,7 +123,8 @@ def test_consumer_and_producer_containers(image, ledger, capsys):
     queue = f"nsct{uuid.uuid4().hex[:10]}"      # Huey keeps only [a-z0-9] of a name: keep it findable for clean-up
     env = ["-e", f"NIGHTSHIFT_REDIS_URL={REDIS_URL}", "-e", f"NIGHTSHIFT_DATABASE_URL={database_url}",
            "-e", f"NIGHTSHIFT_QUEUE={queue}", "-e", "NIGHTSHIFT_HEARTBEAT_SECONDS=1",
-           "-e", f"NIGHTSHIFT_SHUTDOWN_TIMEOUT={SHUTDOWN_TIMEOUT}", "-e", "NIGHTSHIFT_LOG_FORMAT=json"]
+           "-e", f"NIGHTSHIFT_SHUTDOWN_TIMEOUT={SHUTDOWN_TIMEOUT}", "-e", "NIGHTSHIFT_LOG_FORMAT=json",
+           "-e", "NIGHTSHIFT_FILES_ROOT=/etc"]  # checksum_file reads /etc/hostname: allow that directory
     name = f"nightshift-ct-consumer-{uuid.uuid4().hex[:8]}"
 
     def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import random
+import time
 
+import faults
 from conftest import wait_until
 from test_reliability import inject_poison
 
@@ -31,12 +33,11 @@ def test_every_accepted_job_succeeds_exactly_once_through_faults(env, private_re
     kills = 0
     redis_restarted = False
     while kills < 3 or not redis_restarted:
-        wait_until(lambda: True, 0.1)
-        import time
         time.sleep(rng.uniform(0.8, 2.5))
         assert worker.alive(), f"consumer exited on its own:\n{worker.log()[-3000:]}"
         if kills < 3:
-            worker.kill()
+            _, orphans = faults.sigkill_consumer(worker)
+            assert not orphans, f"processes outlived their SIGKILLed consumer: {orphans}"
             kills += 1
             worker = start_worker()
         if kills == 1 and not redis_restarted:

@@ -208,7 +208,7 @@ def test_worker_with_unreachable_redis_or_database_says_which(env, start_worker,
 
     worker = start_worker(wait=False, NIGHTSHIFT_DATABASE_URL="postgresql://nobody@127.0.0.1:1/none")
     assert worker.proc.wait(20) == 1
-    assert "cannot open the ledger database at postgresql://nobody@127.0.0.1:1/none" in worker.log()
+    assert "ledger unreachable: cannot open the database at postgresql://nobody@127.0.0.1:1/none" in worker.log()
 
 
 def test_invalid_setting_is_reported_by_name(env):

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import cli, wait_until
 from servers import MailSink, scripted, start_http_server, start_smtp, stop_http_server
 
-SECRET = "whsec-recipes"
+SECRET = "whsec_cmVjaXBlcy13ZWJob29rLXNlY3JldA=="  # a Standard Webhooks secret: whsec_ + base64
 
 
 def job(job_id: str):
@@ -141,7 +141,8 @@ def test_email_refused_recipient_fails_alone_without_retries(env, start_worker, 
 def test_webhook_retries_500_and_429_then_delivers_signed_with_one_delivery_id(env, start_worker, http_server):
     from helpers import webhooks
     receiver = http_server(scripted((500, {}, b"oops"), (429, {"Retry-After": "3"}, b"slow down"), (200, {}, b"ok")))
-    start_worker(NIGHTSHIFT_WEBHOOK_SECRET=SECRET, NIGHTSHIFT_WEBHOOK_ALLOW_PRIVATE="true")
+    start_worker(NIGHTSHIFT_WEBHOOK_SECRET=SECRET, NIGHTSHIFT_WEBHOOK_ALLOW_PRIVATE="true",
+                 NIGHTSHIFT_WEBHOOK_LEGACY_SIGNATURE="true")  # the old headers, while receivers move
     job_id = submitted(cli(env, "submit", "deliver_webhook", "--arg", f"url={receiver.url}/hooks",
                            "--arg", 'payload={"order": 7, "status": "paid"}', "--arg", "event=order.paid"))
     row = finished(job_id, 40, state="succeeded")

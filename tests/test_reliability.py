@@ -31,7 +31,7 @@ def test_worker_killed_mid_task_job_runs_again(env, start_worker, tmp_path):
     from app import submit
     job_id = submit("record_effect", directory=str(tmp_path), seconds=1.5)
     first = start_worker()
-    wait_until(lambda: state(job_id) == "running", 10, message="job running")
+    wait_until(lambda: state(job_id) == "running" and runs(tmp_path), 10, message="job running")
     first.kill()
     second = start_worker()
     wait_until(lambda: state(job_id) == "succeeded", 20, message="job re-run after SIGKILL")

@@ -13,6 +13,11 @@ import redis
 import config
 from app.catalog import BadArguments, TaskModuleError, UnknownTaskName
 from app.codec import NotJSON
+from app.db import LedgerMissing
+from app.keycheck import SigningKeyMismatch
+from app.producer import BadOption
+from app.status import ALL_QUEUES
+from helpers.masking import mask_text, mask_url, secret_values
 
 EXIT_FAILED = 1      # the job failed / an operation could not be done
 EXIT_USAGE = 2       # bad input: nothing was accepted
@@ -26,27 +31,42 @@ class cli(click.Group):
         try:
             from app import logs
             settings = config.get()
-            # Log lines (e.g. "submitted") go to stderr in NIGHTSHIFT_LOG_FORMAT at NIGHTSHIFT_LOG_LEVEL; stdout
-            # stays the command's output.
-            logs.setup(settings.log_level, settings.log_format)
+            # A command prints what was asked for (stdout) and warnings and errors (stderr), not the job
+            # lifecycle's INFO lines: those are the worker's (which sets its own level), or DEBUG's.
+            logs.setup(settings.log_level if settings.log_level == "debug" else
+                       max(settings.log_level, "warning", key=logs.LEVELS.index), settings.log_format)
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            fail(" ".join(exc.format_message().split()) + _usage_hint(exc), EXIT_USAGE)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except config.ConfigError as exc:
             fail(f"invalid configuration: {exc}", EXIT_USAGE)
         except TaskModuleError as exc:
             fail(str(exc), EXIT_USAGE)
+        except BadOption as exc:
+            fail(f"{exc}. Nothing was queued.", EXIT_USAGE)
         except (UnknownTaskName, BadArguments, NotJSON) as exc:
             fail(f"{str(exc).rstrip('.')}{'' if str(exc).endswith('?') else '.'} Nothing was queued.", EXIT_USAGE)
+        except LedgerMissing as exc:
+            fail(f"{exc}. Nothing was queued.", EXIT_FAILED)
+        except SigningKeyMismatch as exc:
+            fail(f"{exc}. Nothing was queued.", EXIT_USAGE)
         except peewee.PeeweeException as exc:
-            from app.worker import redact
-            fail(f"the ledger database at {redact(config.get().database_url)} failed: "
-                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}. "
+            settings = config.get()
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            fail(f"the ledger database at {mask_url(settings.database_url)} failed: "
+                 f"{mask_text(detail, secret_values(settings))}. "
                  f"Check NIGHTSHIFT_DATABASE_URL and that the database is up.", EXIT_FAILED)
         except redis.RedisError as exc:
-            from app.worker import redact
-            fail(f"Redis at {redact(config.get().redis_url)} failed: {exc}. Check NIGHTSHIFT_REDIS_URL and that "
-                 f"Redis is up.", EXIT_FAILED)
+            settings = config.get()
+            fail(f"Redis at {mask_url(settings.redis_url)} failed: {mask_text(str(exc), secret_values(settings))}. "
+                 f"Check NIGHTSHIFT_REDIS_URL and that Redis is up.", EXIT_FAILED)
+
+
+def _usage_hint(exc: click.UsageError) -> str:
+    command = exc.ctx.command_path if exc.ctx is not None else "nightshift"
+    return f" (see `{command} --help`)"
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
@@ -71,3 +91,28 @@ def table(rows: list[list[str]], headers: list[str]) -> str:
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+
+
+def queue_options(command: Any) -> Any:
+    """`--queue NAME` (repeatable) and `--all-queues`: which services' jobs a command shows, when several share
+    the ledger. Default: this service's queue (NIGHTSHIFT_QUEUE)."""
+    command = click.option("--all-queues", is_flag=True,
+                           help="Jobs of every queue sharing the ledger (and jobs from before it recorded queues).")(
+        command)
+    return click.option("--queue", "queue_names", multiple=True, metavar="NAME",
+                        help="Jobs of queue NAME (repeatable) instead of NIGHTSHIFT_QUEUE's.")(command)
+
+
+def chosen_queues(queue_names: tuple[str, ...], all_queues: bool) -> list[str] | str | None:
+    """What queue_options chose, in the form app.status.resolve_queues takes."""
+    if all_queues and queue_names:
+        fail("--queue and --all-queues exclude each other", EXIT_USAGE)
+    return ALL_QUEUES if all_queues else (list(queue_names) or None)
+
+
+def queues_heading(queues: list[str] | str | None) -> str:
+    """The line that says which queue(s) a listing is of."""
+    if queues == ALL_QUEUES:
+        return "all queues"
+    names = queues or [config.get().queue]
+    return ("queue " if len(names) == 1 else "queues ") + ", ".join(repr(name) for name in names)

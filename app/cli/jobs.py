@@ -7,18 +7,20 @@ import time
 
 import click
 
+import config
+
 from app import catalog, ledger, producer
-from app.codec import NotJSON
-from app.cli import main
-from app.cli.common import EXIT_FAILED, EXIT_TIMEOUT, EXIT_USAGE, echo_json, fail, iso, json_option, table
+from app.cli import bulk, main
+from app.cli.common import (EXIT_FAILED, EXIT_TIMEOUT, chosen_queues, echo_json, fail, iso, json_option, queue_options,
+                             queues_heading, table)
 from app.db import init as init_db
 from app.models import FINISHED, STATES, Job
+from app.status import resolve_queues
+from helpers.masking import mask, mask_text, secret_values
 
-SUBMIT_BATCH = 1000
-
-
-def parse_arg(text: str) -> tuple[str, object]:
-    """NAME=VALUE, VALUE read as JSON when it parses (42, true, [1,2], {"a":1}, "x"), else as a plain string."""
+def parse_arg(text: str) -> tuple[str, object, str]:
+    """NAME=VALUE as (name, value, raw text): VALUE read as JSON when it parses (42, true, [1,2], {"a":1}, "x"),
+    else as a plain string."""
     name, sep, raw = text.partition("=")
     if not sep or not name:
         raise click.BadParameter(f"{text!r} is not NAME=VALUE", param_hint="--arg")
@@ -26,38 +28,53 @@ def parse_arg(text: str) -> tuple[str, object]:
         value = json.loads(raw)
     except ValueError:
         value = raw
+    except RecursionError:
+        raise click.BadParameter(f"{name}: nested too deeply", param_hint="--arg") from None
     if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")):
         raise click.BadParameter(f"{name}: NaN and infinity are not JSON values", param_hint="--arg")
-    return name, value
+    return name, value, raw
 
 
 def parse_eta(text: str | None) -> datetime.datetime | None:
+    """An ISO-8601 time; without an offset it is UTC (returned naive, as the ledger keeps times)."""
     if text is None:
         return None
     try:
-        return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        value = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise click.BadParameter(f"{text!r} is not an ISO-8601 time such as 2026-11-25T03:00:00Z",
                                  param_hint="--eta") from None
+    if value.tzinfo is not None:
+        try:
+            value = value.astimezone(datetime.UTC).replace(tzinfo=None)
+        except OverflowError:
+            raise click.BadParameter(f"{text!r} is out of range", param_hint="--eta") from None
+    return value
 
 
-def read_jsonl(path: str, errors: list[str]) -> list[tuple[int, dict]]:
-    """Every line a JSON object of arguments; bad lines are added to `errors` by number."""
-    rows = []
-    with click.open_file(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError as exc:
-                errors.append(f"line {number}: not JSON ({exc})")
-                continue
-            if not isinstance(value, dict):
-                errors.append(f"line {number}: expected a JSON object of arguments, got {type(value).__name__}")
-                continue
-            rows.append((number, value))
-    return rows
+def command_line_arguments(task_name: str, args: tuple[str, ...], json_args: str | None) -> dict:
+    """The arguments of --json and --arg (each name once). A value given to a parameter hinted `str` stays
+    the text typed (`--arg code=007`), not the JSON number it also reads as."""
+    arguments: dict = {}
+    if json_args:
+        try:
+            arguments = json.loads(json_args)
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--json") from None
+        except RecursionError:
+            raise click.BadParameter("nested too deeply", param_hint="--json") from None
+        if not isinstance(arguments, dict):
+            raise click.BadParameter("must be a JSON object of arguments", param_hint="--json")
+    task_class = catalog.get_task_class(task_name)
+    seen: set[str] = set()
+    for name, value, raw in map(parse_arg, args):
+        if name in seen:
+            raise click.BadParameter(f"{name!r} is given twice", param_hint="--arg")
+        if name in arguments:
+            raise click.BadParameter(f"{name!r} is given by both --json and --arg", param_hint="--arg")
+        seen.add(name)
+        arguments[name] = raw if not isinstance(value, str) and catalog.takes_text(task_class, name) else value
+    return arguments
 
 
 @main.command()
@@ -66,59 +83,39 @@ def read_jsonl(path: str, errors: list[str]) -> list[tuple[int, dict]]:
               "when it parses, else a string.")
 @click.option("--json", "json_args", metavar="OBJECT", help="All arguments as one JSON object.")
 @click.option("--file", "file_", type=click.Path(dir_okay=False, allow_dash=True),
-              help="JSON-lines file: one job per line, each line an object of arguments.")
-@click.option("--delay", type=click.FloatRange(min=0), help="Run no sooner than SECONDS from now.")
+              help="JSON-lines file (- for stdin): one job per line, each line an object of arguments.")
+@click.option("--delay", type=click.FloatRange(min=0, max=producer.MAX_DELAY), help="Run no sooner than SECONDS "
+              "from now.")
 @click.option("--eta", help="Run no sooner than this ISO-8601 time (UTC unless it has an offset).")
-@click.option("--priority", type=int, help="Higher runs first.")
-@click.option("--retries", type=click.IntRange(min=0), help="Override the task's number of retries.")
+@click.option("--priority", type=click.IntRange(-producer.MAX_INT, producer.MAX_INT), help="Higher runs first.")
+@click.option("--retries", type=click.IntRange(0, producer.MAX_INT), help="Override the task's number of retries.")
 @click.option("--key", help="Idempotency key: a repeat while the first job holds the key returns its id.")
 @click.option("--wait", is_flag=True, help="Block until the job ends; exit 0 if it succeeded, 1 if it failed.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after SECONDS (exit 124).")
 def submit(task_name, args, json_args, file_, delay, eta, priority, retries, key, wait, timeout):
     """Queue a job of TASK and print its id (or, with --file, the number of jobs queued)."""
-    when = parse_eta(eta)
-    options = dict(delay=delay, eta=when, priority=priority, retries=retries)
+    if delay is not None and eta is not None:
+        raise click.UsageError("--delay and --eta both say when to run: give one of them")
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout needs --wait (it is how long --wait waits)")
+    when = producer.check_options(delay, parse_eta(eta), priority, retries, key)
+    options = dict(priority=priority, retries=retries, when=when)
     if file_:
         if args or json_args or key or wait:
-            fail("--file takes the arguments from the file; it cannot be combined with --arg, --json, --key or "
-                 "--wait", EXIT_USAGE)
-        errors: list[str] = []
-        rows = read_jsonl(file_, errors)
-        tasks = []
-        for number, arguments in rows:
-            try:
-                tasks.append(producer.build_task(task_name, arguments, **options))
-            except (catalog.BadArguments, NotJSON) as exc:
-                errors.append(f"line {number}: {exc}")
-        if errors:
-            errors.sort(key=lambda e: int(e.split()[1].rstrip(":")))
-            shown = "\n  ".join(errors[:20]) + (f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else "")
-            fail(f"{file_}: {len(errors)} bad line(s), nothing was queued:\n  {shown}", EXIT_USAGE)
-        undelivered = 0
-        for start in range(0, len(tasks), SUBMIT_BATCH):
-            submission = producer.submit_tasks(tasks[start:start + SUBMIT_BATCH])
-            undelivered += 0 if submission.delivered else len(submission.ids)
-        if undelivered:
-            click.echo(f"nightshift: Redis is unreachable; {undelivered} job(s) are recorded in the ledger and "
-                       f"will be delivered when Redis is back", err=True)
-        click.echo(len(tasks))
+            raise click.UsageError("--file takes the arguments from the file; it cannot be combined with --arg, "
+                                   "--json, --key or --wait")
+        count = bulk.submit_file(task_name, file_, **options)
+        click.echo(count)
         return
-    arguments = {}
-    if json_args:
-        try:
-            arguments = json.loads(json_args)
-        except ValueError as exc:
-            fail(f"--json is not valid JSON: {exc}. Nothing was queued.", EXIT_USAGE)
-        if not isinstance(arguments, dict):
-            fail("--json must be a JSON object of arguments. Nothing was queued.", EXIT_USAGE)
-    arguments.update(parse_arg(a) for a in args)
+    arguments = command_line_arguments(task_name, args, json_args)
     task = producer.build_task(task_name, arguments, **options)
-    submission = producer.submit_tasks([task], key=key)
+    submission = producer.submit_tasks([task], key=key, warn=False)
     job_id = submission.ids[0]
     if submission.existing:
         click.echo(f"nightshift: key {key!r} already accepted as job {job_id}; not queued again", err=True)
     if not submission.delivered:
-        click.echo(f"nightshift: Redis is unreachable ({submission.delivery_error}); the job is recorded in the "
+        error = mask_text(submission.delivery_error, secret_values(config.get()))
+        click.echo(f"nightshift: Redis is unreachable ({error}); the job is recorded in the "
                    f"ledger and will be delivered when Redis is back", err=True)
     click.echo(job_id)
     if wait:
@@ -146,8 +143,9 @@ def wait_for(job_id: str, timeout: float | None) -> None:
 
 
 def job_dict(job: Job, with_attempts: bool = False) -> dict:
+    """A job as shown by `show`, `list` and `dead`: arguments, errors, traceback and raw message masked."""
     data = {
-        "id": job.id, "task": job.task, "state": job.state, "attempt": job.attempt,
+        "id": job.id, "task": job.task, "queue": job.queue, "state": job.state, "attempt": job.attempt,
         "args": json.loads(job.kwargs or "{}"), "priority": job.priority, "retries_left": job.retries_left,
         "key": job.key, "created_at": iso(job.created_at), "eta": iso(job.eta), "started_at": iso(job.started_at),
         "finished_at": iso(job.finished_at), "duration": job.duration, "worker": job.worker,
@@ -163,7 +161,7 @@ def job_dict(job: Job, with_attempts: bool = False) -> dict:
         if job.state == "running":  # the attempt under way gets its history row when it ends
             data["attempts"].append({"number": job.attempt, "worker": job.worker, "started_at": iso(job.started_at),
                                      "finished_at": None, "duration": None, "outcome": None, "error": None})
-    return data
+    return mask(data, secret_values(config.get()))
 
 
 def stored_result(job_id: str):
@@ -187,7 +185,8 @@ def show(job_id, as_json):
     if as_json:
         echo_json(data)
         return
-    lines = [f"job       {job.id}", f"task      {job.task}", f"state     {job.state}",
+    lines = [f"job       {job.id}", f"task      {job.task}", f"queue     {job.queue or '(none)'}",
+             f"state     {job.state}",
              f"attempt   {job.attempt} ({job.retries_left} retries left)",
              f"args      {json.dumps(data['args'])}", f"created   {data['created_at']}"]
     for label, key in (("eta", "eta"), ("started", "started_at"), ("finished", "finished_at"),
@@ -200,22 +199,42 @@ def show(job_id, as_json):
         p = data["progress"]
         lines.append(f"progress  {p['done']}" + (f"/{p['total']}" if p.get("total") else "")
                      + (f" {p['note']}" if p.get("note") else ""))
-    if job.result:
-        lines.append(f"result    {job.result}")
-    if job.error:
-        lines.append(f"error     {job.error}")
+    if data["result"] is not None:
+        lines.append(f"result    {json.dumps(data['result'])}")
+    failed = last_failed_attempt(data["error"], data["attempts"])
+    if data["error"]:
+        lines.append(f"error     {f'attempt {failed}: ' if failed else ''}{data['error']}")
     if data["attempts"]:
         lines.append("attempts:")
         for a in data["attempts"]:
             took = f"{a['duration']:.3f}s" if a["duration"] is not None else "-"
             lines.append(f"  #{a['number']:<3} {a['outcome'] or 'running':<12} {took:>9}  {a['started_at']}  "
                          f"{a['worker']}" + (f"  {a['error']}" if a["error"] else ""))
-    if job.traceback:
-        lines.append("traceback:")
-        lines.extend("  " + line for line in job.traceback.rstrip().splitlines())
-    if job.raw:
-        lines.append(f"message   {job.raw[:300]}")
+    if data["traceback"]:
+        lines.append(traceback_heading(job, failed))
+        lines.extend("  " + line for line in data["traceback"].rstrip().splitlines())
+    if data["raw_preview"]:
+        lines.append(f"message   {data['raw_preview'][:300]}")
     click.echo("\n".join(lines))
+
+
+def last_failed_attempt(error: str | None, attempts: list[dict]) -> int | None:
+    """The attempt the job's last error (and traceback) belongs to: the last one in its history that ended with
+    that error. The job row keeps only the latest error, which may be older than the attempt shown."""
+    for a in reversed(attempts):
+        if error and a["error"] == error:
+            return a["number"]
+    return None
+
+
+def traceback_heading(job: Job, failed: int | None) -> str:
+    if failed is None:
+        return "traceback:"
+    if job.state == "succeeded":
+        return f"traceback of attempt {failed} (failed; the job succeeded on attempt {job.attempt}):"
+    if failed != job.attempt:
+        return f"traceback of attempt {failed} (failed; the job is now {job.state} as attempt {job.attempt}):"
+    return f"traceback of attempt {failed}:"
 
 
 STATE_ALIASES = {"failed": "dead", "waiting": "queued", "scheduled": "queued"}
@@ -225,17 +244,24 @@ STATE_ALIASES = {"failed": "dead", "waiting": "queued", "scheduled": "queued"}
 @click.option("--state", type=click.Choice(list(STATES) + list(STATE_ALIASES)), help="Only jobs in this state.")
 @click.option("--task", help="Only jobs of this task.")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@queue_options
 @json_option
-def list_(state, task, limit, as_json):
-    """Recent jobs, newest first."""
+def list_(state, task, limit, queue_names, all_queues, as_json):
+    """Recent jobs of this service's queue (or --queue / --all-queues), newest first."""
+    queues = chosen_queues(queue_names, all_queues)
     init_db()
-    jobs = ledger.list_jobs(STATE_ALIASES.get(state, state), task, limit)
+    jobs = ledger.list_jobs(STATE_ALIASES.get(state, state), task, limit, resolve_queues(queues))
     if as_json:
         echo_json([job_dict(job) for job in jobs])
         return
+    click.echo(f"{queues_heading(queues)}:")
     rows = [[job.id[:8], job.task[:24], job.state, str(job.attempt), iso(job.created_at)[:19].replace("T", " "),
              f"{job.duration:.2f}s" if job.duration is not None else "-"] for job in jobs]
-    click.echo(table(rows, ["ID", "TASK", "STATE", "TRY", "CREATED (UTC)", "TOOK"]) if rows else "no jobs")
+    headers = ["ID", "TASK", "STATE", "TRY", "CREATED (UTC)", "TOOK"]
+    if queues is not None:
+        rows = [[(job.queue or "(none)")[:16]] + row for job, row in zip(jobs, rows)]
+        headers = ["QUEUE"] + headers
+    click.echo(table(rows, headers) if rows else "no jobs")
 
 
 @main.command()

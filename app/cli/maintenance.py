@@ -35,7 +35,8 @@ def schedule(as_json):
         cls, job = classes[name], last[name]
         nxt = sched.next_run(cls, tick=tick)
         rows.append({
-            "task": name, "schedule": sched.words_of(cls), "cron": sched.spec_of(cls), "next_run": iso(nxt),
+            "task": name, "schedule": sched.words_of(cls), "cron": sched.spec_of(cls), "tz": sched.zone_of(cls),
+            "next_run": iso(nxt),
             "last_run": iso(job.created_at) if job else None, "last_job": job.id if job else None,
             "last_outcome": job.state if job else None,
             "last_finished_at": iso(job.finished_at) if job else None,
@@ -46,9 +47,9 @@ def schedule(as_json):
     if not rows:
         click.echo("no periodic tasks")
         return
-    click.echo(table([[r["task"], r["schedule"], r["cron"] or "-", r["next_run"] or "-",
+    click.echo(table([[r["task"], r["schedule"], r["cron"] or "-", r["tz"], r["next_run"] or "-",
                        r["last_run"] or "never", r["last_outcome"] or "-"] for r in rows],
-                     ["TASK", "SCHEDULE", "CRON", "NEXT RUN (UTC)", "LAST RUN (UTC)", "OUTCOME"]))
+                     ["TASK", "SCHEDULE", "CRON", "TZ", "NEXT RUN (UTC)", "LAST RUN (UTC)", "OUTCOME"]))
 
 
 @main.command()

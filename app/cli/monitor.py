@@ -10,7 +10,7 @@ import click
 
 import config
 from app.cli import main
-from app.cli.common import EXIT_FAILED, echo_json, fail
+from app.cli.common import EXIT_FAILED, chosen_queues, echo_json, fail, queue_options
 
 CLEAR = "\x1b[H\x1b[2J"   # cursor home, clear screen
 WIDTH = 80
@@ -74,6 +74,9 @@ def render(data: dict) -> str:
                      on_redis])
     lines.append(table(rows, ["QUEUE", "WAITING", "SCHED", "RUNNING", "RETRY", "DEAD", "OLDEST", "REDIS"]))
     for q in data["queues"]:
+        if q.get("paused"):
+            lines.append(_cut(f"  queue {q['name']} is PAUSED: no job starts until `nightshift resume {q['name']}`",
+                              WIDTH))
         if not q["redis"].get("ok"):
             lines.append(_cut(f"  Redis: {q['redis']['error']}", WIDTH))
     rate = data["throughput_per_minute"]
@@ -125,13 +128,16 @@ def render(data: dict) -> str:
               help="Refresh every SECONDS until Ctrl-C.")
 @click.option("--window", type=click.FloatRange(min=1), default=60, show_default=True, metavar="MINUTES",
               help="Per-task figures cover jobs finished in the last MINUTES.")
-def status(as_json, watch, window):
-    """What the service is doing: queue depth, throughput, per-task figures, workers."""
+@queue_options
+def status(as_json, watch, window, queue_names, all_queues):
+    """What the service (its queue, or --queue / --all-queues) is doing: queue depth, throughput, per-task
+    figures, workers."""
     from app import status as status_mod
     settings = config.get()
+    queues = chosen_queues(queue_names, all_queues)
     try:
         while True:
-            data = status_mod.snapshot(settings, window * 60)
+            data = status_mod.snapshot(settings, window * 60, queues=queues)
             if as_json:
                 if watch:
                     click.echo(json.dumps(data, default=str))

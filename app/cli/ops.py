@@ -1,14 +1,21 @@
 """Dead-letter and queue operations: dead, retry, discard, cancel."""
 from __future__ import annotations
 
-import click
+import dataclasses
 
-from app import catalog, events, ledger
+import click
+from huey.api import Task
+
+import config
+from app import canceling, catalog, events, ledger
 from app.cli import main
-from app.cli.common import EXIT_FAILED, echo_json, fail, iso, json_option, table
+from app.cli.common import (EXIT_FAILED, chosen_queues, echo_json, fail, iso, json_option, queue_options,
+                             queues_heading, table)
 from app.db import init as init_db
 from app.models import WAITING, Job
-from app.queue import get_huey
+from app.queue import build_huey, get_huey
+from app.status import resolve_queues
+from helpers.masking import mask_text
 
 
 def _resolve(job_ids: tuple[str, ...]) -> list[Job]:
@@ -24,30 +31,49 @@ def _resolve(job_ids: tuple[str, ...]) -> list[Job]:
 @main.command()
 @click.option("--task", help="Only dead jobs of this task.")
 @click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@queue_options
 @json_option
-def dead(task, limit, as_json):
-    """Dead letters: jobs that ran out of retries, lost their lease too often, or came as bad messages."""
+def dead(task, limit, queue_names, all_queues, as_json):
+    """Dead letters of this service's queue (or --queue / --all-queues): jobs that ran out of retries, lost their
+    lease too often, or came as bad messages."""
+    queues = chosen_queues(queue_names, all_queues)
     init_db()
-    jobs = ledger.list_jobs("dead", task, limit)
+    jobs = ledger.list_jobs("dead", task, limit, resolve_queues(queues))
     if as_json:
         from app.cli.jobs import job_dict
         echo_json([job_dict(job) for job in jobs])
         return
+    click.echo(f"{queues_heading(queues)}:")
+    # The error itself (what the operator must fix); the reason only when there was no error (a lost lease, a
+    # bad message) or when it adds something (a time limit, a permanent error).
     rows = [[job.id[:8], job.task[:22], str(job.attempt), iso(job.finished_at or job.updated_at)[:19].replace("T", " "),
-             (job.reason or "")[:60]] for job in jobs]
-    click.echo(table(rows, ["ID", "TASK", "TRY", "DIED (UTC)", "REASON"]) if rows else "no dead jobs")
+             _cut(mask_text(job.error if job.error and (job.reason or "").startswith("failed on attempt") else
+                            "; ".join(filter(None, [job.reason, job.error]))), 80)] for job in jobs]
+    headers = ["ID", "TASK", "TRY", "DIED (UTC)", "ERROR"]
+    if queues is not None:
+        rows = [[(job.queue or "(none)")[:16]] + row for job, row in zip(jobs, rows)]
+        headers = ["QUEUE"] + headers
+    click.echo(table(rows, headers) if rows else "no dead jobs")
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 @main.command()
 @click.argument("job_ids", metavar="JOB...", nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="Every dead job (of --task, when given).")
+@click.option("--all", "all_", is_flag=True, help="Every dead job of this service's queue (of --task, when given).")
 @click.option("--task", help="With --all: only this task's dead jobs.")
 def retry(job_ids, all_, task):
-    """Queue dead jobs again, each as a new attempt with the task's retries."""
+    """Queue dead jobs again, each as a new attempt with the task's retries, on the queue they belong to."""
     init_db()
     if all_ == bool(job_ids):
         fail("name the jobs to retry, or use --all [--task T]", 2)
-    jobs = _resolve(job_ids) if job_ids else ledger.list_jobs("dead", task, limit=1_000_000)
+    if all_:
+        click.echo(f"nightshift: retrying the dead jobs of {queues_heading(None)}", err=True)
+    queue = get_huey().name
+    jobs = _resolve(job_ids) if job_ids else ledger.list_jobs("dead", task, limit=1_000_000, queues=[queue])
     from app.recovery import task_from_row
     tasks, refused = [], []
     for job in jobs:
@@ -56,17 +82,17 @@ def retry(job_ids, all_, task):
         except catalog.UnknownTaskName as exc:
             refused.append(f"{job.id}: {exc}")
             continue
-        revived = ledger.revive(job.id, task_class.default_retries or 0)
+        revived = ledger.revive(job.id, task_class.default_retries or 0, queue)
         if revived is None:
             refused.append(f"{job.id}: it is {job.state}" + (" (a bad message, not a job)" if job.raw else "")
                            + ", not a dead job")
             continue
-        tasks.append(task_from_row(revived))
+        tasks.append((revived.queue, task_from_row(revived)))
         events.emit("retried", job.id, job.task, attempt=revived.attempt, reason="retried by operator")
     if tasks:
         try:
             for start in range(0, len(tasks), 1000):
-                get_huey().push(tasks[start:start + 1000])
+                push_to_own_queues(tasks[start:start + 1000])
         except Exception as exc:  # noqa: BLE001 - recorded as queued; recovery delivers
             click.echo(f"nightshift: Redis is unreachable ({exc}); the jobs are queued in the ledger and will be "
                        f"delivered when Redis is back", err=True)
@@ -75,6 +101,17 @@ def retry(job_ids, all_, task):
     click.echo(f"retried {len(tasks)} job(s)")
     if refused:
         raise SystemExit(EXIT_FAILED)
+
+
+def push_to_own_queues(tasks: list[tuple[str, Task]]) -> None:
+    """Put revived jobs, (queue, task) pairs, on the queue each belongs to (another service's queue when it
+    shares the ledger)."""
+    settings, by_queue = config.get(), {}
+    for queue, task in tasks:
+        by_queue.setdefault(queue, []).append(task)
+    for name, batch in by_queue.items():
+        huey = get_huey() if name == settings.queue else build_huey(dataclasses.replace(settings, queue=name))
+        huey.push(batch)
 
 
 @main.command()
@@ -97,7 +134,7 @@ def discard(job_ids):
 @main.command()
 @click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
 def cancel(job_ids):
-    """Cancel queued or scheduled jobs: they will not run."""
+    """Cancel jobs: queued or scheduled ones will not run; running ones are stopped (app.canceling)."""
     init_db()
     jobs = _resolve(job_ids)
     canceled = 0
@@ -105,6 +142,10 @@ def cancel(job_ids):
         if job.state in WAITING and ledger.mark_canceled(job.id):
             canceled += 1  # its message stays on the queue; the worker's claim skips it
             events.emit("canceled", job.id, job.task, attempt=job.attempt)
+        elif job.state == "running" and (attempt := ledger.cancel_running(job.id)) is not None:
+            canceled += 1
+            canceling.publish(get_huey(), job.id)
+            events.emit("canceled", job.id, job.task, attempt=attempt, reason="canceled while running")
         else:
             click.echo(f"nightshift: not canceled: {job.id} is {ledger.state_of(job.id)}", err=True)
     click.echo(f"canceled {canceled} job(s)")

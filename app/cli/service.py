@@ -1,11 +1,14 @@
 """Service commands: worker, recover."""
 from __future__ import annotations
 
+import dataclasses
+
 import click
 
 import config
 from app.cli import main
 from app.cli.common import EXIT_FAILED, echo_json, json_option
+from helpers.masking import MASK, mask_url
 
 
 @main.command()
@@ -23,6 +26,16 @@ def worker(workers):
 
 
 @main.command()
+def init():
+    """Create the ledger where NIGHTSHIFT_DATABASE_URL points (tables; for SQLite the file, and the default
+    location's directory) or bring an existing one up to date. The worker does this itself at start; producers
+    never do."""
+    from app import db
+    db.init(config.get().database_url, create=True)
+    click.echo(f"ledger ready at {db.where(config.get().database_url)}")
+
+
+@main.command()
 @json_option
 def recover(as_json):
     """Run recovery now: requeue jobs whose worker died and jobs whose message Redis lost."""
@@ -35,25 +48,21 @@ def recover(as_json):
     else:
         click.echo(f"requeued after lost lease: {report.lease_requeued}, dead after too many lost leases: "
                    f"{report.lease_dead}, sent again (missing from Redis): {report.resent}, "
-                   f"unrecoverable (unknown task): {report.unknown_task}")
+                   f"unrecoverable (unknown task): {report.unknown_task}, dead (their message was refused): "
+                   f"{report.refused}")
 
 
 @main.command("config")
 @json_option
 def show_config(as_json):
-    """Every setting: its environment variable, current value (passwords masked) and what it does."""
-    import dataclasses
-
-    from app.worker import redact
+    """Every setting: its environment variable, current value (secrets masked) and what it does."""
     settings = config.get()
     rows = []
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)
-        value = ",".join(value) if isinstance(value, tuple) else value
-        if field.name in ("signing_key", "webhook_secret") and value:
-            value = "***"
-        elif isinstance(value, str) and "://" in value:
-            value = redact(value)
+        value = field.metadata["separator"].join(value) if isinstance(value, tuple) else value
+        if field.metadata["secret"] and value:
+            value = mask_url(value) if "://" in value else MASK
         rows.append({"variable": field.metadata["env"], "value": value, "help": field.metadata["help"]})
     if as_json:
         echo_json(rows)

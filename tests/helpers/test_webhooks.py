@@ -13,7 +13,7 @@ from helpers.backoff import backoff_delay
 from helpers.errors import PermanentError, TemporaryError
 from helper_fixtures import http_server  # noqa: F401  (fixture)
 
-SECRET = "whsec-test"
+SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1rZXk="  # whsec_ + base64, as Standard Webhooks has it
 
 
 def scripted(*answers: tuple[int, dict, bytes]):
@@ -31,12 +31,13 @@ def test_signed_delivery_with_stable_id_across_retries(http_server) -> None:
     url = server.url + "/hooks/orders"
     payload = {"order": 42, "items": ["a", "b"], "note": "café"}
     with pytest.raises(TemporaryError) as first:
-        webhooks.deliver_webhook(url, payload, "job-123", SECRET, allow_private=True)
+        webhooks.deliver_webhook(url, payload, "job-123", SECRET, allow_private=True, legacy_signature=True)
     assert first.value.retry_after is None
     with pytest.raises(TemporaryError) as second:
-        webhooks.deliver_webhook(url, payload, "job-123", SECRET, allow_private=True)
+        webhooks.deliver_webhook(url, payload, "job-123", SECRET, allow_private=True, legacy_signature=True)
     assert second.value.retry_after == 7
-    result = webhooks.deliver_webhook(url, payload, "job-123", SECRET, allow_private=True, event="order.paid")
+    result = webhooks.deliver_webhook(url, payload, "job-123", SECRET, allow_private=True, event="order.paid",
+                                      legacy_signature=True)
     assert result["status"] == 200 and result["delivery_id"] == "job-123"
 
     assert len(server.requests) == 3

@@ -1,0 +1,35 @@
+"""Queue commands: pause, resume."""
+from __future__ import annotations
+
+import click
+
+import config
+from app import pausing
+from app.cli import main
+from app.db import init as init_db
+from app.queue import get_huey
+
+
+def _set(queue: str | None, paused: bool) -> None:
+    init_db()
+    name = queue or config.get().queue
+    was = pausing.set_paused(get_huey(), name, paused)
+    if paused:
+        click.echo(f"queue {name!r} {'was already' if was else 'is now'} paused: running jobs finish, no new job "
+                   f"starts until `nightshift resume {name}`")
+    else:
+        click.echo(f"queue {name!r} {'resumed' if was else 'was not paused'}")
+
+
+@main.command()
+@click.argument("queue", required=False)
+def pause(queue):
+    """Stop jobs of QUEUE (default: NIGHTSHIFT_QUEUE) from starting; they keep arriving. Survives restarts."""
+    _set(queue, True)
+
+
+@main.command()
+@click.argument("queue", required=False)
+def resume(queue):
+    """Let jobs of QUEUE (default: NIGHTSHIFT_QUEUE) start again."""
+    _set(queue, False)

@@ -1,0 +1,44 @@
+"""One clock for leases: Redis's.
+
+A lease is written by one consumer and judged by another, possibly on another host whose clock is off by a
+minute. Every consumer (and `nightshift recover`) reads Redis's `TIME` now and then and keeps the offset from its
+own clock, so lease expiry, claims and recovery all use the same time source: the shared Redis. A process that
+never synced (a producer) uses its own clock; its timestamps are informational only.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from typing import Any
+
+log = logging.getLogger("nightshift.clock")
+
+SKEW_WARNING = 2.0  # seconds between this host and Redis worth a log line
+# A smaller offset is taken as none: it is within what one reading can tell (half a round trip plus Redis's
+# second/microsecond reply), far below any lease, and keeps a host's timestamps in order with its producers'.
+NOISE = 0.25
+_offset = 0.0
+
+
+def now() -> datetime.datetime:
+    """Naive UTC on the shared clock."""
+    return datetime.datetime.fromtimestamp(time.time() + _offset, datetime.UTC).replace(tzinfo=None)
+
+
+def offset() -> float:
+    return _offset
+
+
+def sync(redis_conn: Any) -> float:
+    """Measure this host's offset from Redis's clock (half the round trip corrects the reading); returns it."""
+    global _offset
+    before = time.time()
+    seconds, micros = redis_conn.time()
+    after = time.time()
+    measured = seconds + micros / 1e6 - (before + after) / 2
+    if abs(measured - _offset) > SKEW_WARNING:
+        log.warning("this host's clock is %.1f s %s Redis's; leases follow Redis's clock", abs(measured),
+                    "behind" if measured > 0 else "ahead of")
+    _offset = measured if abs(measured) >= NOISE else 0.0
+    return _offset

@@ -1,0 +1,168 @@
+"""Masking secrets by their structure, and bounding values, wherever something is shown to a person or a service.
+
+One set of rules for logs, CLI output, status, health, metrics, start-up errors and Sentry events:
+- a name that looks secret (password, token, secret, api key, authorization, signature, cookie...) hides its
+  value, whether it is a dict key, a header name, a query parameter or `name=value` / `name: value` in text;
+- a URL's userinfo hides its password (split at the last `@` before the host, so a raw `@` in a password is
+  masked too); a userinfo without a password is hidden whole (a Sentry DSN key, a token as user name) unless
+  the scheme's user part is a user name (redis, postgresql, smtp...);
+- `Bearer <token>` / `Basic <credentials>` in text hide the credentials;
+- `bound` cuts a long value to a preview that says its full size.
+Standard library only, so helpers, the app and the CLI can all use it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import urllib.parse
+from typing import Any, Iterable
+
+MASK = "***"
+PREVIEW_CHARS = 500
+
+# Substrings that make a name secret (dict keys, argument names, header names, query parameters).
+SECRET_NAME = re.compile(
+    r"pass(word|wd|phrase)?|pwd|token|secret|authori[sz]ation|api[_-]?key|access[_-]?key|private[_-]?key"
+    r"|signing[_-]?key|credential|cookie|session|signature|dsn",
+    re.IGNORECASE)
+# Whole names that are secret in a query string or header, though too short to match as substrings.
+SECRET_EXACT = frozenset({"key", "sig", "auth", "code", "apikey", "x-api-key", "jwt", "hmac"})
+
+# Each pattern starts only where a word starts (the look-behinds), so a long run of letters costs linear time.
+# Schemes whose bare userinfo (no ":password") is a user name, shown; elsewhere (https://KEY@sentry..., a token as
+# user name) a bare userinfo is a credential, masked.
+USER_NAME_SCHEMES = frozenset({"redis", "rediss", "postgres", "postgresql", "mysql", "smtp", "smtps", "amqp", "amqps",
+                               "ftp", "sftp", "ssh", "mongodb", "unix"})
+_URL = re.compile(r"(?<![a-zA-Z0-9+.-])[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>`]+")
+_AUTH_SCHEME = re.compile(r"\b(Bearer|Basic|Token|Digest)\s+[A-Za-z0-9._~+/=:-]+", re.IGNORECASE)
+# name=value, name: value, 'name': 'value', "name": "value" -- in reprs, messages and headers dumped as text.
+_NAMED_VALUE = re.compile(
+    r"""(?<![\w.-])(?P<name>[A-Za-z_][\w.-]*)(?P<q1>['"]?)(?P<sep>[ \t]*[:=][ \t]*)"""
+    r"""(?P<value>"[^"]*"|'[^']*'|[^\s,;&'"}\])]+)""")
+
+
+def is_secret_name(name: Any, short: bool = False) -> bool:
+    """Whether a key, header or parameter called `name` holds a secret; `short` also counts the short names
+    (key, sig, auth, code...) that are secret in a query string or header but ordinary as an argument."""
+    if not isinstance(name, str):
+        return False
+    return bool(SECRET_NAME.search(name)) or (short and name.strip().lower() in SECRET_EXACT)
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password (or whole userinfo) and secret-looking query parameters replaced by ***."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = len(rest)
+    for stop in "/?#":
+        index = rest.find(stop)
+        if index != -1:
+            end = min(end, index)
+    authority, tail = rest[:end], rest[end:]
+    # A raw "@" may occur in the password: the host starts after the last "@" before the path.
+    if "@" in authority:
+        userinfo, host = authority.rsplit("@", 1)
+        user, colon, _password = userinfo.partition(":")
+        if colon:
+            userinfo = f"{user}:{MASK}" if user else MASK
+        elif scheme.lower() not in USER_NAME_SCHEMES:
+            userinfo = MASK
+        authority = userinfo + "@" + host
+    path, qmark, query = tail.partition("?")
+    if qmark:
+        query, hashmark, fragment = query.partition("#")
+        query = "&".join(_mask_pair(pair) for pair in query.split("&"))
+        tail = path + "?" + query + (hashmark + fragment if hashmark else "")
+    return f"{scheme}://{authority}{tail}"
+
+
+def _mask_pair(pair: str) -> str:
+    name, eq, _value = pair.partition("=")
+    if eq and is_secret_name(urllib.parse.unquote_plus(name), short=True):
+        return f"{name}={MASK}"
+    return pair
+
+
+def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Free text (a message, an error, a repr) with URLs, `name=value` secrets, auth schemes and the given
+    known secret values masked."""
+    if not isinstance(text, str) or not text:
+        return text
+    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    text = _URL.sub(lambda m: mask_url(m.group(0)), text)
+    text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {MASK}", text)
+
+    def named(match: re.Match) -> str:
+        value = match.group("value")
+        if not is_secret_name(match.group("name")) or value.strip("'\"") == MASK:
+            return match.group(0)
+        quote = value[0] if value[0] in "'\"" else ""
+        return match.group("name") + match.group("q1") + match.group("sep") + quote + MASK + quote
+    return _NAMED_VALUE.sub(named, text)
+
+
+def mask(value: Any, secrets: Iterable[str] = ()) -> Any:
+    """A copy of `value` (JSON-like) with secret-looking keys' values masked and every string masked as text."""
+    secrets = tuple(secrets)
+    if isinstance(value, dict):
+        return {k: MASK if is_secret_name(k) and value[k] not in (None, "") else mask(v, secrets)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [mask(v, secrets) for v in value]
+    if isinstance(value, str):
+        return mask_text(value, secrets)
+    return value
+
+
+def size_note(size: int) -> str:
+    if size >= 1 << 20:
+        return f"{size / (1 << 20):.1f} MB"
+    if size >= 1 << 10:
+        return f"{size / (1 << 10):.1f} kB"
+    return f"{size} B"
+
+
+def bound(value: Any, limit: int = PREVIEW_CHARS) -> Any:
+    """`value` itself when its JSON form is at most `limit` characters, else a string preview of it that ends
+    with its full size, so one huge argument cannot make a huge log line."""
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    if len(text) <= limit:
+        return value
+    return f"{text[:limit]}... [{size_note(len(text.encode('utf-8', 'replace')))}, {len(text)} chars]"
+
+
+def url_secrets(url: str) -> list[str]:
+    """The secret parts of a URL (its password or bare userinfo, secret query values), to scrub them anywhere."""
+    found = []
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return found
+    authority = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in authority:
+        userinfo = authority.rsplit("@", 1)[0]
+        user, colon, password = userinfo.partition(":")
+        found.append(password if colon else ("" if scheme.lower() in USER_NAME_SCHEMES else user))
+        if colon:
+            found.append(urllib.parse.unquote(password))
+    query = rest.partition("?")[2].partition("#")[0]
+    for name, value in urllib.parse.parse_qsl(query, keep_blank_values=False):
+        if is_secret_name(name, short=True):
+            found.append(value)
+    return [s for s in found if s]
+
+
+def secret_values(settings: Any) -> list[str]:
+    """Every secret a settings object (config.Settings) holds -- whole secret strings and the passwords and keys
+    inside its URLs -- so they can be scrubbed from text that has lost its structure (a repr, a traceback)."""
+    found: list[str] = []
+    for field in dataclasses.fields(settings):
+        value = getattr(settings, field.name)
+        if not field.metadata.get("secret") or not isinstance(value, str) or not value:
+            continue
+        found.extend(url_secrets(value) if "://" in value else [value])
+    return sorted(set(found), key=len, reverse=True)

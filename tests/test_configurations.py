@@ -1,0 +1,230 @@
+"""Nothing lost beyond the default: process workers, a PostgreSQL ledger whose connections die, two attempts of one
+job in one process, orphaned worker processes, skewed clocks, GIL-holding tasks and recycled workers.
+
+Each test runs on the ledger of the pass (SQLite, or PostgreSQL with NIGHTSHIFT_TEST_DATABASE=postgres)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+import faults
+from conftest import USE_PG, cli, wait_until
+from test_reliability import attempts, runs, state
+
+
+def test_process_workers_each_open_their_own_connections(env, start_worker, tmp_path):
+    """Four process workers, 300 jobs, no fault: every job runs exactly once (a connection inherited across the
+    fork is shared by every worker process and answers the wrong one)."""
+    from app import submit_many
+    from app.models import Job
+    ids = submit_many("record_effect", [{"directory": str(tmp_path)} for _ in range(300)])
+    worker = start_worker(NIGHTSHIFT_WORKER_TYPE="process", NIGHTSHIFT_WORKERS=4)
+    wait_until(lambda: Job.select().where(Job.id.in_(ids), Job.state.not_in(("queued", "running"))).count()
+               == len(ids), 60, interval=0.2, message="300 jobs finished")
+    assert Job.select().where(Job.id.in_(ids), Job.state == "succeeded").count() == len(ids), worker.log()[-3000:]
+    assert len(runs(tmp_path)) == len(ids), f"{len(runs(tmp_path)) - len(ids)} re-runs without any fault"
+    assert "no results to fetch" not in worker.log()
+
+
+def kill_ledger_connections(database_url: str) -> int:
+    """pg_terminate_backend on every connection to the test's database but our own: what a restart or a failover
+    does to a worker's connections."""
+    import psycopg2
+
+    from conftest import PG_ADMIN
+    conn = psycopg2.connect(PG_ADMIN)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                (database_url.rsplit("/", 1)[1],))
+    killed = cur.fetchone()[0]
+    conn.close()
+    return killed
+
+
+def set_connections_allowed(database_url: str, allowed: bool) -> None:
+    """Make the test's database refuse (or accept again) new connections: the database is down for its users."""
+    import psycopg2
+
+    from conftest import PG_ADMIN
+    name = database_url.rsplit("/", 1)[1]
+    conn = psycopg2.connect(PG_ADMIN)
+    conn.autocommit = True
+    conn.cursor().execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {"true" if allowed else "false"}')
+    conn.close()
+
+
+@pytest.mark.skipif(not USE_PG, reason="connections killed by the server: PostgreSQL ledger")
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_worker_carries_on_after_its_database_connections_are_killed(env, start_worker, tmp_path, worker_type,
+                                                                      monkeypatch):
+    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=2, NIGHTSHIFT_RECOVERY_INTERVAL=0.5)
+    from app import db, submit_many
+    from app.models import Job
+    ids = submit_many("record_effect", [{"directory": str(tmp_path), "seconds": 0.02} for _ in range(300)])
+    db.database.obj.close()
+    worker = start_worker(NIGHTSHIFT_WORKER_TYPE=worker_type, NIGHTSHIFT_WORKERS=2)
+    wait_until(lambda: len(runs(tmp_path)) >= 30, 30, message="first jobs ran")
+    assert kill_ledger_connections(env["NIGHTSHIFT_DATABASE_URL"]) >= 1
+    time.sleep(0.5)
+    kill_ledger_connections(env["NIGHTSHIFT_DATABASE_URL"])
+    wait_until(lambda: Job.select().where(Job.id.in_(ids), Job.state == "succeeded").count() == len(ids), 60,
+               interval=0.3, message="every job succeeded after the connections were killed")
+    assert worker.alive()
+    assert {line.split()[0] for line in runs(tmp_path)} == set(ids)
+
+
+@pytest.mark.skipif(not USE_PG, reason="a database that refuses connections: PostgreSQL ledger")
+def test_worker_waits_while_the_database_is_down_and_resumes_by_itself(env, start_worker, tmp_path, monkeypatch):
+    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=2, NIGHTSHIFT_RECOVERY_INTERVAL=0.5)
+    from app import db, submit_many
+    from app.models import Job
+    url = env["NIGHTSHIFT_DATABASE_URL"]
+    first = submit_many("record_effect", [{"directory": str(tmp_path)} for _ in range(20)])
+    db.database.obj.close()
+    worker = start_worker(NIGHTSHIFT_WORKERS=2)
+    wait_until(lambda: len(runs(tmp_path)) >= 20, 20, message="first jobs ran")
+    ids = submit_many("record_effect", [{"directory": str(tmp_path), "seconds": 0.05} for _ in range(100)])
+    db.database.obj.close()
+    set_connections_allowed(url, False)
+    try:
+        kill_ledger_connections(url)
+        time.sleep(0.5)
+        health = cli(env, "health")
+        assert health.returncode != 0 and "ledger unreachable" in health.stderr + health.stdout, health
+        size = worker.log_path.stat().st_size
+        time.sleep(3)
+        assert worker.alive()
+        grown = worker.log_path.stat().st_size - size
+        assert grown < 20000, f"the worker spins while the database is down: {grown} bytes of log in 3 s"
+    finally:
+        set_connections_allowed(url, True)
+    wait_until(lambda: Job.select().where(Job.id.in_(first + ids), Job.state == "succeeded").count()
+               == len(first + ids), 60, interval=0.3, message="every job succeeded once the database is back")
+    assert worker.alive()
+    reruns = len(runs(tmp_path)) - len(first + ids)
+    assert reruns == 0, f"{reruns} jobs ran again after an outage longer than their lease"
+
+
+@pytest.mark.skipif(USE_PG, reason="the write lock of a SQLite ledger")
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_a_ledger_locked_longer_than_the_lease_runs_no_job_twice(env, start_worker, tmp_path, worker_type,
+                                                                  monkeypatch):
+    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=2, NIGHTSHIFT_RECOVERY_INTERVAL=0.5)
+    from app import submit_many
+    from app.models import Job
+    ids = submit_many("record_effect", [{"directory": str(tmp_path), "seconds": 0.3} for _ in range(60)])
+    start_worker(NIGHTSHIFT_WORKER_TYPE=worker_type, NIGHTSHIFT_WORKERS=3)
+    start_worker(NIGHTSHIFT_WORKER_TYPE=worker_type, NIGHTSHIFT_WORKERS=3)
+    wait_until(lambda: len(runs(tmp_path)) >= 10, 20, message="jobs running")
+    faults.lock_sqlite(env["NIGHTSHIFT_DATABASE_URL"].split("///", 1)[1], 5)
+    wait_until(lambda: Job.select().where(Job.id.in_(ids), Job.state == "succeeded").count() == len(ids), 60,
+               interval=0.3, message="every job succeeded after the lock")
+    reruns = len(runs(tmp_path)) - len(ids)
+    assert reruns == 0, f"{reruns} jobs ran again after the ledger was locked longer than their lease"
+
+
+def test_two_attempts_of_one_job_in_one_process_keep_their_own_outcomes(env, start_worker, monkeypatch):
+    """Attempt 1 outlives its lease (its consumer was stopped), attempt 2 runs in the same process and fails:
+    attempt 1's end must not be recorded as attempt 2's."""
+    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=1, NIGHTSHIFT_RECOVERY_INTERVAL=600)
+    from app import ledger, submit
+    job_id = submit("slow_first_attempt", first_seconds=5, later_seconds=5)
+    worker = start_worker(NIGHTSHIFT_WORKERS=2)
+    wait_until(lambda: state(job_id) == "running", 10, message="attempt 1 running")
+    worker.signal(signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # past the lease
+        recovered = cli(env, "recover")
+        assert recovered.returncode == 0 and "requeued after lost lease: 1" in recovered.stdout, recovered
+    finally:
+        worker.signal(signal.SIGCONT)
+    # Attempt 1 ends first (about 5 s in), attempt 2 later with its error.
+    wait_until(lambda: state(job_id) == "dead", 30, message=f"attempt 2 dead:\n{worker.log()[-3000:]}")
+    job = ledger.get(job_id)
+    assert job.state == "dead" and "attempt 2 fails" in job.error, (job.state, job.error, worker.log()[-2000:])
+    assert attempts(job_id) == [(1, "lease-lost"), (2, "failed")]
+
+
+def test_worker_processes_die_with_a_killed_consumer(env, start_worker):
+    for _ in range(3):
+        worker = start_worker(NIGHTSHIFT_WORKER_TYPE="process", NIGHTSHIFT_WORKERS=3)
+        wait_until(lambda: len(faults.descendants(worker.pid)) >= 4, 10,
+                   message="worker processes and scheduler forked")
+        processes, orphans = faults.sigkill_consumer(worker)
+        faults.kill_processes(orphans)
+        assert not orphans, f"{len(orphans)} of {len(processes)} worker processes outlived their consumer"
+
+
+def test_recycled_process_workers_do_not_stall_the_queue(env, start_worker, tmp_path):
+    from app import submit
+    from app.models import Job
+    worker = start_worker(NIGHTSHIFT_WORKER_TYPE="process", NIGHTSHIFT_WORKERS=2, NIGHTSHIFT_MAX_TASKS_PER_WORKER=2)
+    ids = []
+    for _ in range(16):
+        ids.append(submit("record_effect", directory=str(tmp_path)))
+        time.sleep(0.25)
+    wait_until(lambda: Job.select().where(Job.id.in_(ids), Job.state == "succeeded").count() == len(ids), 30,
+               message="all jobs ran")
+    waits = [(job.started_at - job.created_at).total_seconds() for job in Job.select().where(Job.id.in_(ids))]
+    assert max(waits) < 1.5, f"a job waited {max(waits):.1f} s while workers were recycled: {sorted(waits)}"
+    status = cli(env, "status", "--json")
+    import json
+    rows = json.loads(status.stdout)["workers"]
+    recycled = [row for row in rows if row["status"] == "recycled"]
+    assert len(recycled) >= 4, rows
+    assert not [row for row in rows if row["status"] == "gone"], rows
+    worker.stop()
+    rows = json.loads(cli(env, "status", "--json").stdout)["workers"]
+    assert not [row for row in rows if row["status"] in ("gone", "alive")], rows
+
+
+def test_leases_are_judged_by_one_clock(env, start_worker, tmp_path, monkeypatch):
+    """Recovery run on a host whose clock is 90 s ahead must not take the jobs of a consumer with the right time
+    (leases of 60 s)."""
+    faketime = shutil.which("faketime")
+    if faketime is None:
+        pytest.skip("faketime (Debian package faketime) is not installed")
+    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=60)
+    from app import submit_many
+    from app.models import Job
+    ids = submit_many("record_effect", [{"directory": str(tmp_path), "seconds": 3} for _ in range(4)])
+    start_worker(NIGHTSHIFT_WORKERS=4)
+    wait_until(lambda: Job.select().where(Job.state == "running").count() == 4, 10, message="jobs running")
+    ahead = subprocess.run([faketime, "-f", "+90s", os.sys.executable, "-m", "app", "recover"], env=env.full(),
+                           cwd=env.tmp, capture_output=True, text=True, timeout=60)
+    assert ahead.returncode == 0, ahead.stderr
+    assert "requeued after lost lease: 0" in ahead.stdout, ahead.stdout
+    wait_until(lambda: Job.select().where(Job.id.in_(ids), Job.state == "succeeded").count() == len(ids), 30,
+               message="all jobs ran")
+    assert len(runs(tmp_path)) == len(ids)
+
+
+def test_a_task_holding_the_gil_past_the_default_lease_runs_once_with_its_own_lease(env, start_worker, tmp_path,
+                                                                                      monkeypatch):
+    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=1, NIGHTSHIFT_RECOVERY_INTERVAL=0.5)
+    from app import submit
+    job_id = submit("hold_gil_long_lease", directory=str(tmp_path), seconds=3)
+    start_worker()
+    start_worker()  # another consumer runs recovery while the first one holds its GIL
+    wait_until(lambda: state(job_id) == "succeeded", 30, message="GIL-holding job done")
+    assert attempts(job_id) == [(1, "succeeded")]
+    assert len(runs(tmp_path)) == 1
+
+
+def test_a_lease_lost_while_the_worker_lived_says_so(env, start_worker, tmp_path, monkeypatch):
+    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=1, NIGHTSHIFT_RECOVERY_INTERVAL=0.5, NIGHTSHIFT_MAX_LEASE_LOSSES=1)
+    from app import ledger, submit
+    job_id = submit("hold_gil", directory=str(tmp_path), seconds=3)
+    start_worker()
+    start_worker()
+    wait_until(lambda: state(job_id) == "dead", 40, message="GIL-holding job dead after lost leases")
+    wait_until(lambda: "alive" in (ledger.get(job_id).reason or ""), 15, message="the reason says the worker lived")
+    assert "lease=" in ledger.get(job_id).reason, ledger.get(job_id).reason
+    first = ledger.attempts(job_id)[0]
+    assert first.outcome == "lease-lost" and "alive" in (first.error or ""), (first.outcome, first.error)
