@@ -6,8 +6,9 @@ Declared on the task: `@task(rate_limit="5/s")` (also `/m`, `/h`), `@task(concur
 Both are kept in the shared Redis and judged on Redis's clock (`TIME` inside the scripts), so they hold across
 consumers and hosts. They are checked before a job is claimed: a job over a limit goes back on the schedule for
 when its turn may come, without using an attempt or a retry (Huey's own `rate_limit` turns it into a failure).
-- Rate: GCRA without burst. One key per task holds the earliest time the next job may start; a job starts when that
-  time has come and pushes it one interval on, so starts are at least 1/rate apart.
+- Rate: GCRA without burst. One key per task holds the earliest time the next job may start. A worker whose job's
+  turn is at most MAX_SLEEP away reserves it (pushing the key one interval on) and sleeps until it; a job further
+  away goes back on the schedule without reserving. Starts are 1/rate apart and no turn is wasted.
 - Concurrency: a sorted set of slots per task and key value; members are `job:attempt`, scored by the slot's lease
   expiry. The running worker's keeper renews the slot with the job's lease; expired slots are dropped on every
   acquire, so the slot of a worker that died frees itself when its lease would have expired.
@@ -19,6 +20,7 @@ import datetime
 import functools
 import random
 import re
+import time
 from typing import Any
 
 from huey.api import Task
@@ -28,16 +30,21 @@ from app import clock, keys
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _PER = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 POLL = 0.5  # at most this long before a job refused a concurrency slot looks again
+# A worker sleeps through a wait for its rate turn up to this long; a longer wait puts the job back on the schedule
+# (Huey's scheduler looks once a second, so shorter waits through it would bunch starts and waste turns).
+MAX_SLEEP = 1.0
 
-# KEYS[1] rate key; ARGV[1] seconds between starts. Returns "0" (start now) or the seconds to wait.
+# KEYS[1] rate key; ARGV[1] seconds between starts, ARGV[2] the longest wait a caller will sleep through.
+# Returns {1, wait}: the turn `wait` seconds from now is reserved for the caller (0: start now); or {0, wait}: no
+# turn within ARGV[2], look again in `wait` seconds.
 RATE_SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local interval = tonumber(ARGV[1])
-local next_start = tonumber(redis.call('GET', KEYS[1]) or '0')
-if next_start > now then return tostring(next_start - now) end
-redis.call('SET', KEYS[1], tostring(now + interval), 'PX', math.ceil(interval * 1000) + 60000)
-return '0'
+local turn = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+if turn - now > tonumber(ARGV[2]) then return {0, tostring(turn - now)} end
+redis.call('SET', KEYS[1], tostring(turn + interval), 'PX', math.ceil((turn - now + interval) * 1000) + 60000)
+return {1, tostring(turn - now)}
 """
 # KEYS[1] slot set; ARGV[1] member, ARGV[2] limit, ARGV[3] lease seconds. Returns "0" (slot taken) or the
 # seconds until the oldest slot's lease runs out.
@@ -132,12 +139,16 @@ def admit(huey: Any, task: Task, lease: float) -> Admission:
         if wait > 0:
             return Admission(wait=min(wait, POLL) * random.uniform(0.5, 1.0))
     if limits.interval is not None:
-        wait = float(conn.eval(RATE_SCRIPT, 1, keys.rate(huey.name, type(task).__name__), limits.interval))
-        if wait > 0:
+        reserved, wait = conn.eval(RATE_SCRIPT, 1, keys.rate(huey.name, type(task).__name__), limits.interval,
+                                   MAX_SLEEP)
+        wait = float(wait)
+        if not int(reserved):
             if slot is not None:
                 release(huey, slot)
-            # Spread the waiting jobs over the next turns instead of waking them all at once.
-            return Admission(wait=wait + random.uniform(0, limits.interval))
+            # Come back just before the turn may be free, spread so the waiting jobs do not all wake at once.
+            return Admission(wait=max(wait - MAX_SLEEP, 0) + random.uniform(0, MAX_SLEEP))
+        if wait > 0:
+            time.sleep(wait)
     return Admission(slot=slot)
 
 
