@@ -21,7 +21,7 @@ from typing import Any
 from peewee import fn
 
 import config
-from app import ledger
+from app import keys, leader, ledger
 from app.db import init as init_db
 from app.models import WAITING, Attempt, Job
 from app.queue import NightshiftHuey, get_huey
@@ -90,10 +90,6 @@ def thresholds(settings: config.Settings | None = None) -> dict[str, tuple[str, 
             "dead_letters": ("dead_letters", s.alert_dead_letters)}
 
 
-def alert_key(queue: str, name: str) -> str:
-    return f"nightshift:{queue}:alert:{name}"
-
-
 def _report(message: str, fields: dict) -> None:
     settings = config.get()
     log.warning(message, extra={"alert": fields})
@@ -114,12 +110,12 @@ def check(huey: NightshiftHuey | None = None) -> dict:
     opened, cleared, active = [], [], []
     for name, (field, limit) in thresholds().items():
         value = getattr(snap, field)
-        key = alert_key(huey.name, name)
+        key = keys.alert(huey.name, name)
         if limit and value is not None and value > limit:
             active.append(name)
             fields = {"alert": name, "queue": huey.name, "value": value, "threshold": limit,
                       "since": ledger.now().isoformat(), **snap.as_dict()}
-            if conn.set(key, json.dumps(fields, default=str), nx=True):
+            if leader.take(conn, key, json.dumps(fields, default=str), None):
                 opened.append(name)
                 _report(f"backlog alert {name} on queue {huey.name}: {value} > {limit}", fields)
         elif conn.delete(key):
@@ -134,7 +130,7 @@ def incidents(huey: NightshiftHuey | None = None) -> dict[str, dict]:
     huey = huey or get_huey()
     out = {}
     for name in thresholds():
-        raw = huey.storage.conn.get(alert_key(huey.name, name))
+        raw = huey.storage.conn.get(keys.alert(huey.name, name))
         if raw is not None:
             out[name] = json.loads(raw)
     return out

@@ -103,7 +103,7 @@ def _where(exc: BaseException, module: str) -> str:
 
 def task_classes() -> dict[str, type]:
     load_task_modules()
-    return dict(get_huey()._registry._registry)
+    return get_huey().registered()
 
 
 def get_task_class(name: str) -> type:

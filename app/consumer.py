@@ -6,6 +6,7 @@ NIGHTSHIFT_SHUTDOWN_TIMEOUT, then queue whatever is still running again as a new
 from __future__ import annotations
 
 import ctypes
+import datetime
 import json
 import logging
 import os
@@ -16,15 +17,16 @@ import threading
 import time
 
 import redis
-from huey.consumer import Consumer, ConsumerStopped, Worker, WorkerRecycle
+from huey.consumer import Consumer, ConsumerStopped, Scheduler, Worker, WorkerRecycle
 
 import config
-from app import canceling, clock, db, flow, ledger, lifecycle, pausing, recovery
+from app import canceling, clock, db, flow, identity, keys, leader, ledger, lifecycle, pausing, recovery
 from app.db import init as init_db
 from app.models import WorkerBeat
-from app.schedule import TickScheduler
+from app.schedule import tick_start
 
 log = logging.getLogger("nightshift.worker")
+scheduler_log = logging.getLogger("nightshift.scheduler")
 
 PR_SET_PDEATHSIG = 1
 CLOCK_SYNC_SECONDS = 30.0
@@ -55,7 +57,7 @@ class Keeper(threading.Thread):
         next_beat = next_sync = 0.0
         outage = db.Outage("keeper", on_end=lambda: recovery.hold_leases(self.huey))
         while not self.stop_event.is_set():
-            now = list(lifecycle.running.items())
+            now = list(identity.running.items())
             shortest = min([entry.lease for _, entry in now] + [settings.lease_seconds])
             try:
                 if time.monotonic() >= next_sync:
@@ -84,7 +86,7 @@ class Keeper(threading.Thread):
         by_lease: dict[float, list[tuple[str, int]]] = {}
         for pair, entry in now:
             by_lease.setdefault(entry.lease, []).append(pair)
-        renewed = sum(ledger.renew_leases(pairs, lifecycle.WORKER_ID, lease) for lease, pairs in by_lease.items())
+        renewed = sum(ledger.renew_leases(pairs, identity.WORKER_ID, lease) for lease, pairs in by_lease.items())
         if renewed < len(now):  # some attempt is no longer running: canceled by an operator, or its lease lost
             for job_id, attempt in ledger.canceled_among(pair for pair, _ in now):
                 lifecycle.stop_canceled(job_id, attempt)
@@ -97,11 +99,11 @@ class Keeper(threading.Thread):
         """Record this process's heartbeat; `stopped` ("stopped", "recycled") says it said goodbye, and why."""
         stamp = ledger.now()
         current = [{"id": job_id, "task": entry.task, "attempt": attempt, "since": entry.since.isoformat()}
-                   for (job_id, attempt), entry in list(lifecycle.running.items())]
+                   for (job_id, attempt), entry in list(identity.running.items())]
         fields = dict(host=socket.gethostname(), pid=os.getpid(), queue=self.queue, started_at=self.started_at,
-                      last_seen=stamp, rss_bytes=rss_bytes(), jobs_done=lifecycle.jobs_done,
+                      last_seen=stamp, rss_bytes=rss_bytes(), jobs_done=identity.jobs_done,
                       current=json.dumps(current), stopped_at=stamp if stopped else None, stop_reason=stopped)
-        WorkerBeat.insert(id=lifecycle.WORKER_ID, **fields).on_conflict(
+        WorkerBeat.insert(id=identity.WORKER_ID, **fields).on_conflict(
             conflict_target=[WorkerBeat.id], update=fields).execute()
 
 
@@ -114,7 +116,7 @@ def start_keeper(huey) -> None:
     global _keeper, _keeper_pid
     if _keeper_pid == os.getpid():
         return
-    lifecycle.worker_id()
+    identity.worker_id()
     _keeper_pid = os.getpid()
     _keeper = Keeper(huey)
     _keeper.sync_clock()
@@ -132,7 +134,7 @@ def stop_keeper(reason: str = "stopped") -> None:
     try:
         _keeper.beat(stopped=reason)
     except Exception as exc:  # noqa: BLE001 - the row then ages into "gone", which is still true enough
-        log.warning("could not record that worker %s %s: %s", lifecycle.WORKER_ID, reason, exc)
+        log.warning("could not record that worker %s %s: %s", identity.WORKER_ID, reason, exc)
 
 
 class NightshiftWorker(Worker):
@@ -157,7 +159,7 @@ class NightshiftWorker(Worker):
             NightshiftWorker.recycled = True
             raise
         if self.max_memory and self.task_count > done and (rss := rss_bytes()) > self.max_memory:
-            log.warning("worker %s uses %d MB, over NIGHTSHIFT_MAX_MEMORY_MB=%d: recycling it", lifecycle.WORKER_ID,
+            log.warning("worker %s uses %d MB, over NIGHTSHIFT_MAX_MEMORY_MB=%d: recycling it", identity.WORKER_ID,
                         rss // 2**20, self.max_memory // 2**20)
             if NightshiftWorker.restart_consumer is None:
                 NightshiftWorker.recycled = True
@@ -200,7 +202,7 @@ class Maintenance(threading.Thread):
 
     def run(self) -> None:
         interval = config.get().recovery_interval
-        lock_key = f"nightshift:{self.huey.name}:lock:recovery"
+        lock_key = keys.recovery_lock(self.huey.name)
         outage = db.Outage("recovery", on_end=lambda: recovery.hold_leases(self.huey))
         while not self.stop_event.is_set():
             try:
@@ -209,8 +211,8 @@ class Maintenance(threading.Thread):
                     outage.ended()
                 # Held for most of an interval, and at least as long as one run can take with its confirmation
                 # pause, so two consumers' runs never overlap.
-                if self.huey.storage.conn.set(lock_key, lifecycle.WORKER_ID, nx=True,
-                                              px=max(int(interval * 900), int((recovery.CONFIRM_SECONDS + 1) * 1000))):
+                if leader.take(self.huey.storage.conn, lock_key, identity.WORKER_ID,
+                               max(interval * 0.9, recovery.CONFIRM_SECONDS + 1)):
                     recovery.recover(self.huey)
                     outage.ended()
             except redis.RedisError as exc:
@@ -221,6 +223,57 @@ class Maintenance(threading.Thread):
                 else:
                     log.exception("recovery failed; will try again")
             self.stop_event.wait(interval)
+
+
+class TickScheduler(Scheduler):
+    """Huey's scheduler, but a tick's periodic tasks are enqueued by one consumer only.
+
+    Huey runs a scheduler in every consumer, so with three consumers every periodic task would be enqueued three
+    times per tick. This keeps Huey's scheduler (its loop, its skipping of checks missed during a stall, its
+    `read_periodic`) and adds one thing before enqueueing: the tick's leadership key (app.leader,
+    keys.tick). Only the consumer that takes it enqueues that tick; when it dies, the next tick's key is free for
+    any other consumer. Ticks are aligned to wall-clock multiples of NIGHTSHIFT_TICK_SECONDS so every consumer on
+    every host agrees on which tick it is, and periodic tasks are validated against the tick's start time.
+    """
+
+    def __init__(self, huey, stop_flag, interval, periodic) -> None:
+        super().__init__(huey, stop_flag, interval, periodic)
+        self.tick = config.get().tick_seconds
+        self.periodic_task_seconds = self.tick
+        # Huey would check at start-up and then every tick measured from start-up; a check per wall-clock
+        # tick makes all consumers compete for the same key.
+        self.interval = max(1, min(self.interval, self.tick))
+        self.won = 0
+
+    def _align_next_check(self) -> None:
+        now = time.time()
+        self._next_periodic = time.monotonic() + (tick_start(now, self.tick) + self.tick - now)  # Huey private
+
+    def enqueue_periodic_tasks(self, now) -> None:
+        """Take this tick's key; only the winner enqueues (missed ticks are skipped, never caught up)."""
+        self._align_next_check()
+        start = tick_start(time.time(), self.tick)
+        try:
+            won = leader.take(self.huey.storage.conn, keys.tick(self.huey.name, start), identity.WORKER_ID,
+                              max(3 * self.tick, 10))
+        except Exception as exc:  # noqa: BLE001 - Redis down: no consumer can enqueue anyway; try next tick
+            scheduler_log.warning("periodic tick %d skipped: Redis unreachable (%s)", start, exc)
+            return
+        if not won:
+            return
+        self.won += 1
+        stamp = now or datetime.datetime.fromtimestamp(start, datetime.UTC).replace(tzinfo=None)
+        tasks = self.huey.read_periodic(stamp)
+        enqueued = 0
+        for task in tasks:
+            try:
+                self.huey.enqueue(task)  # attempt is None: recorded in the ledger first, like any job
+                enqueued += 1
+            except Exception:  # noqa: BLE001
+                scheduler_log.exception("could not enqueue periodic task %s", type(task).__name__)
+        scheduler_log.info("periodic tick %d won by %s: enqueued %d task(s)%s", start, identity.WORKER_ID, enqueued,
+                 (": " + ", ".join(type(t).__name__ for t in tasks)) if tasks else "",
+                 extra={"tick": start, "enqueued": enqueued})
 
 
 class NightshiftConsumer(Consumer):
@@ -257,12 +310,12 @@ class NightshiftConsumer(Consumer):
                         self.huey.name)
         super().start()
         self.maintenance.start()
-        log.info("consumer %s started: %d %s worker(s) on queue %r", lifecycle.WORKER_ID, self.workers,
+        log.info("consumer %s started: %d %s worker(s) on queue %r", identity.WORKER_ID, self.workers,
                  self.worker_type, self.huey.name)
 
     def stop(self, graceful: bool = False) -> None:
         if graceful:  # said at once: Huey's own lines come only when the wait is over
-            jobs = (f"{len(lifecycle.running)} running job(s)" if self.worker_type != "process" else
+            jobs = (f"{len(identity.running)} running job(s)" if self.worker_type != "process" else
                     f"the jobs of {len(self.worker_threads)} worker process(es)")
             log.info("stopping: waiting up to %gs for %s", self.shutdown_timeout or 0, jobs)
         super().stop(graceful)
@@ -287,6 +340,6 @@ class NightshiftConsumer(Consumer):
         finally:
             self.maintenance.stop_event.set()
             stop_keeper("recycled" if self._restart else "stopped")
-            log.info("consumer %s %s", lifecycle.WORKER_ID, "restarts" if self._restart else "stopped")
+            log.info("consumer %s %s", identity.WORKER_ID, "restarts" if self._restart else "stopped")
         if self._restart:
             os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

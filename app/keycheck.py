@@ -16,6 +16,8 @@ import hashlib
 import hmac
 from typing import Any
 
+from app import keys
+
 CHECK_MESSAGE = b"nightshift-key-check"
 UNSIGNED = "unsigned"
 
@@ -31,18 +33,14 @@ def fingerprint(signing_key: str) -> str:
     return hmac.new(signing_key.encode("utf-8"), CHECK_MESSAGE, hashlib.sha256).hexdigest()
 
 
-def redis_key(queue: str) -> str:
-    return f"nightshift:{queue}:signing-key-fingerprint"
-
-
 def publish(conn: Any, queue: str, signing_key: str) -> None:
     """Called by a consumer at start: record the fingerprint of the key it verifies messages with."""
-    conn.set(redis_key(queue), fingerprint(signing_key))
+    conn.set(keys.signing_key_fingerprint(queue), fingerprint(signing_key))
 
 
 def check(conn: Any, queue: str, signing_key: str) -> None:
     """Raise SigningKeyMismatch when the consumers of `queue` published a key fingerprint other than ours."""
-    published = conn.get(redis_key(queue))
+    published = conn.get(keys.signing_key_fingerprint(queue))
     if published is None:
         return
     published = published.decode("ascii", "replace") if isinstance(published, bytes) else str(published)

@@ -39,3 +39,28 @@ def cancel_channel(queue: str) -> str:
 def leases_held(queue: str) -> str:
     """Present for a while after a consumer found the ledger unwritable: recovery leaves leases alone (app.recovery)."""
     return f"nightshift:{queue}:leases-held"
+
+
+def recovery_lock(queue: str) -> str:
+    """Held by the consumer running recovery this interval (app.consumer.Maintenance, app.leader)."""
+    return f"nightshift:{queue}:lock:recovery"
+
+
+def tick(queue: str, start: int) -> str:
+    """Taken by the consumer that enqueues the periodic tasks of the tick starting at `start` (app.schedule)."""
+    return f"nightshift:{queue}:tick:{start}"
+
+
+def alert(queue: str, name: str) -> str:
+    """An open backlog incident: one alert per incident however many consumers watch (app.backlog)."""
+    return f"nightshift:{queue}:alert:{name}"
+
+
+def signing_key_fingerprint(queue: str) -> str:
+    """The fingerprint of the consumers' signing key, never the key (app.keycheck)."""
+    return f"nightshift:{queue}:signing-key-fingerprint"
+
+
+def huey_result(queue: str, name: str) -> str:
+    """Huey's key for a stored value of `queue` (results, task locks): `huey.r.{queue}.{name}`."""
+    return f"huey.r.{queue}.{name}"

@@ -5,13 +5,9 @@ attempt; expired → expired. A message that cannot be read becomes a dead lette
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
 import logging
-import os
-import secrets
-import socket
 import threading
 import time
 import traceback
@@ -20,54 +16,17 @@ from typing import Any, Callable
 
 from huey import signals as S
 from huey.api import Task
-from huey.exceptions import CancelExecution, RateLimitExceeded, RetryTask, TaskTimeout
-from huey.utils import normalize_time
+from huey.exceptions import CancelExecution, TaskTimeout
 
 import config
-from app import canceling, catalog, codec, db, events, flow, ledger, pausing, recovery, timelimits
+from app import canceling, catalog, codec, db, events, flow, identity, ledger, monitoring, pausing, recovery, timelimits
 from app.codec import BadSignature, PoisonMessage
-from app.db import init as init_db
-from app.queue import NightshiftHuey, UnknownTask
+from app.queue import NightshiftHuey, UnknownTask, next_retry
 
 log = logging.getLogger("nightshift.worker")
 
-WORKER_ID = ""
 
-
-@dataclasses.dataclass(frozen=True)
-class Running:
-    """An attempt this process runs now."""
-    task: str
-    lease: float              # seconds, renewed by the keeper
-    started: float            # monotonic
-    since: datetime.datetime  # wall clock (shared clock), for status
-    slot: tuple[str, str] | None = None  # concurrency slot held (app.flow), renewed with the lease
-    thread: int = 0           # the thread running it, for an operator's cancel (app.canceling)
-
-
-# (job id, attempt) -> Running. Keyed by attempt too: a process can run two attempts of one job at once (the first
-# outlived its lease, recovery queued the second, and this process took it), and each must end as itself.
-running: dict[tuple[str, int], Running] = {}
-_interrupted: set[tuple[str, int]] = set()  # attempts a cancel was raised in
-jobs_done = 0
-_lock = threading.Lock()
 _outage = db.Outage("worker")
-
-
-_id_pid = 0
-
-
-def worker_id() -> str:
-    """Identity of this process: host:pid:nonce (made again after a fork, for process workers). The nonce keeps
-    two consumers apart that share a hostname and a pid, as containers on the host network running as pid 1 do."""
-    global WORKER_ID, _id_pid
-    if _id_pid != os.getpid():
-        WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
-        _id_pid = os.getpid()
-    return WORKER_ID
-
-
-worker_id()
 
 
 # -- before a job runs -------------------------------------------------------------------------------------------
@@ -84,7 +43,6 @@ def claim(huey: NightshiftHuey, task: Task) -> bool:
     answers again: it neither drops messages nor spins through the queue meanwhile."""
     name = type(task).__name__
     attempt = getattr(task, "attempt", None)
-    init_db()
     try:
         catalog.bind_arguments(type(task), task.args, task.kwargs)
     except catalog.BadArguments as exc:
@@ -103,7 +61,7 @@ def claim(huey: NightshiftHuey, task: Task) -> bool:
         events.emit("waiting", task.id, name, logging.DEBUG, attempt=attempt, seconds=round(admission.wait, 3))
         return False
     try:
-        claimed = attempt is not None and ledger.claim(task.id, attempt, WORKER_ID, lease)
+        claimed = attempt is not None and ledger.claim(task.id, attempt, identity.WORKER_ID, lease)
     except Exception as exc:  # noqa: BLE001 - only an unreachable ledger is handled here
         flow.release(huey, admission.slot)
         if not db.is_unreachable(exc):
@@ -122,10 +80,10 @@ def claim(huey: NightshiftHuey, task: Task) -> bool:
                         reason=skip_reason(state))
         return False
     _outage.ended()
-    with _lock:
-        running[(task.id, attempt)] = Running(name, lease, time.monotonic(), ledger.now(), admission.slot,
-                                              threading.get_ident())
-    events.emit("started", task.id, name, attempt=attempt, worker=WORKER_ID, args=task.kwargs)
+    with identity.lock:
+        identity.running[(task.id, attempt)] = identity.Running(name, lease, time.monotonic(), ledger.now(),
+                                                                admission.slot, threading.get_ident())
+    events.emit("started", task.id, name, attempt=attempt, worker=identity.WORKER_ID, args=task.kwargs)
     return True
 
 
@@ -165,35 +123,23 @@ def skip_reason(state: str) -> str:
 
 # -- after a job ran -----------------------------------------------------------------------------------------------
 
-def _retry_eta(task: Task, exc: BaseException) -> datetime.datetime | None:
-    """When Huey will run the next attempt (mirrors Huey's own rules in Huey._execute/_requeue_task)."""
-    if isinstance(exc, RetryTask) and (exc.eta or exc.delay is not None):
-        return normalize_time(exc.eta, exc.delay, True)
-    if isinstance(exc, RateLimitExceeded):
-        return normalize_time(None, task.retry_delay or exc.delay, True)
-    if task.retry_delay:
-        return ledger.now() + datetime.timedelta(seconds=task.retry_delay)
-    return None
-
-
 def stop_canceled(job_id: str, attempt: int | None = None) -> bool:
     """An operator canceled `job_id` while this process runs it: raise JobCanceled in its thread."""
-    with _lock:
-        found = [(pair, entry) for pair, entry in running.items()
-                 if pair[0] == job_id and (attempt is None or pair[1] == attempt) and pair not in _interrupted]
+    with identity.lock:
+        found = [(pair, entry) for pair, entry in identity.running.items()
+                 if pair[0] == job_id and (attempt is None or pair[1] == attempt) and pair not in identity.interrupted]
         for pair, entry in found:
-            _interrupted.add(pair)
+            identity.interrupted.add(pair)
             canceling.interrupt(entry.thread, entry.thread == threading.main_thread().ident)
     return bool(found)
 
 
 def _finished(huey: NightshiftHuey, task_id: str, attempt: int, exc: BaseException | None = None) -> None:
-    global jobs_done
-    with _lock:
-        entry = running.pop((task_id, attempt), None)
-        jobs_done += 1
-        if (task_id, attempt) in _interrupted:
-            _interrupted.discard((task_id, attempt))
+    with identity.lock:
+        entry = identity.running.pop((task_id, attempt), None)
+        identity.jobs_done += 1
+        if (task_id, attempt) in identity.interrupted:
+            identity.interrupted.discard((task_id, attempt))
             if entry is not None and not isinstance(exc, canceling.JobCanceled):
                 timelimits.raise_in(entry.thread, None)  # ended just as the cancel came: drop it
     if entry is not None and entry.slot is not None:
@@ -203,7 +149,7 @@ def _finished(huey: NightshiftHuey, task_id: str, attempt: int, exc: BaseExcepti
             log.warning("could not release the concurrency slot of %s: %s", task_id, exc)
 
 
-def _ended_late(task_id: str, name: str, attempt: int, entry: Running | None, duration: float) -> None:
+def _ended_late(task_id: str, name: str, attempt: int, entry: identity.Running | None, duration: float) -> None:
     """The attempt ended after recovery took its lease: its worker was alive all along. Say so in the ledger."""
     lease = entry.lease if entry else config.get().lease_seconds
     note = (f"lease lost while its worker was alive: the attempt ran {duration:.1f} s and did not renew its "
@@ -225,11 +171,11 @@ def after_execute(huey: NightshiftHuey, task: Task, value: Any, exc: BaseExcepti
 
 def _record_outcome(huey: NightshiftHuey, task: Task, attempt: int, value: Any, exc: BaseException | None) -> None:
     name = type(task).__name__
-    entry = running.get((task.id, attempt))
+    entry = identity.running.get((task.id, attempt))
     duration = time.monotonic() - entry.started if entry else 0.0
     if isinstance(exc, canceling.JobCanceled):  # the ledger says canceled already
         events.emit("canceled", task.id, name, logging.WARNING, attempt=attempt, duration=round(duration, 6),
-                    reason="stopped by an operator's cancel while running", worker=WORKER_ID)
+                    reason="stopped by an operator's cancel while running", worker=identity.WORKER_ID)
         return
     if exc is None:
         if getattr(task, "store_result", False) and value is not None:
@@ -239,23 +185,20 @@ def _record_outcome(huey: NightshiftHuey, task: Task, attempt: int, value: Any, 
                 log.exception("could not store the result of %s %s", name, task.id)
         summary = ledger.summarize(value) if value is not None else None
         if _until_recorded(lambda: ledger.mark_succeeded(task.id, attempt, duration, summary)):
-            events.emit("succeeded", task.id, name, attempt=attempt, duration=round(duration, 6), worker=WORKER_ID)
+            events.emit("succeeded", task.id, name, attempt=attempt, duration=round(duration, 6), worker=identity.WORKER_ID)
         else:
             _until_recorded(lambda: _ended_late(task.id, name, attempt, entry, duration))
         return
     error = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if task.retries:  # Huey requeues this task after this hook
-        eta = _retry_eta(task, exc)
-        delay = task.retry_delay or 0
-        if task.retry_backoff and delay and not isinstance(exc, (RetryTask, RateLimitExceeded)):
-            delay *= task.retry_backoff
+        eta, delay = next_retry(task, exc, ledger.now())
         if _until_recorded(lambda: ledger.mark_retrying(task.id, attempt, duration, error, tb, eta,
                                                         task.retries - 1, delay)):
             task.attempt = attempt + 1
             events.emit("retrying", task.id, name, logging.WARNING, attempt=attempt, duration=round(duration, 6),
                         error=error, retries_left=task.retries - 1, eta=eta.isoformat() if eta else None,
-                        worker=WORKER_ID)
+                        worker=identity.WORKER_ID)
         else:
             _until_recorded(lambda: _ended_late(task.id, name, attempt, entry, duration))
         return
@@ -267,7 +210,7 @@ def _record_outcome(huey: NightshiftHuey, task: Task, attempt: int, value: Any, 
         reason = f"failed on attempt {attempt} with no retries left"
     if _until_recorded(lambda: ledger.mark_dead(task.id, reason, error, tb, attempt=attempt, duration=duration)):
         events.emit("dead", task.id, name, logging.ERROR, attempt=attempt, duration=round(duration, 6),
-                    error=error, reason=reason, worker=WORKER_ID)
+                    error=error, reason=reason, worker=identity.WORKER_ID)
     else:
         _until_recorded(lambda: _ended_late(task.id, name, attempt, entry, duration))
 
@@ -313,7 +256,6 @@ def dead_letter_message(data: bytes, exc: BaseException, queue: str) -> None:
         task = "(bad signature)"
     job_id = codec.job_id_of(data)
     try:
-        init_db()
         if isinstance(exc, BadSignature):
             # Untrusted: its own dead letter, and the job it names is flagged, not killed (see flag_refused).
             letter = ledger.record_dead_letter(str(uuid.uuid4()), task, reason, bytes(data), queue)
@@ -328,9 +270,26 @@ def dead_letter_message(data: bytes, exc: BaseException, queue: str) -> None:
                 reason=reason, size=len(data))
 
 
+def claim_or_skip(huey: NightshiftHuey, task: Task) -> None:
+    """Huey pre-execute hook: claim the attempt or skip the run (CancelExecution, which Huey handles as "do not
+    run"). Any other exception in a pre-execute hook Huey would log and then run the task anyway, unclaimed."""
+    # sentry-sdk's patched Huey.enqueue adds trace headers to the kwargs of a retry; they are no argument.
+    task.kwargs.pop("sentry_headers", None)
+    try:
+        claimed = claim(huey, task)
+    except Exception:  # noqa: BLE001 - not claimed: the ledger still holds the job and recovery sends it again
+        log.exception("could not claim job %s; recovery will send it again", task.id)
+        raise CancelExecution(retry=False) from None
+    if not claimed:
+        raise CancelExecution(retry=False)
+    monitoring.tag_job(huey, task)
+
+
 def install(huey: NightshiftHuey) -> None:
     """Connect the hooks above to `huey` (in the consumer only)."""
     _outage.on_end = lambda: recovery.hold_leases(huey)
+    huey.on_unreadable = dead_letter_message
+    huey.pre_execute("nightshift_claim")(lambda task: claim_or_skip(huey, task))
     huey.post_execute("nightshift_outcome")(lambda task, value, exc: after_execute(huey, task, value, exc))
     huey.signal(S.SIGNAL_INTERRUPTED)(lambda signal, task, *a: on_interrupted(huey, task))
     huey.signal(S.SIGNAL_EXPIRED)(lambda signal, task, *a: on_expired(huey, task))

@@ -15,23 +15,7 @@ worker id of `WorkerBeat`) and when it was taken; Nightshift's Huey hands it out
 """
 from __future__ import annotations
 
-import time
-
-from huey.api import TaskLock
-from huey.exceptions import TaskLockedException
-
-from app.queue import get_huey
-
-
-class HolderLock(TaskLock):
-    """Huey's TaskLock whose value records the holding worker and the time it was taken."""
-
-    def acquire(self) -> bool:
-        from app import lifecycle
-        holder = {"holder": lifecycle.WORKER_ID, "since": time.time()}
-        if not self._huey.put_if_empty(self._key, holder, self._ttl):
-            raise TaskLockedException(f"unable to acquire lock {self._name}")
-        return True
+from app.queue import HolderLock, get_huey
 
 
 def lock_task(name: str, ttl: int | None = None) -> HolderLock:

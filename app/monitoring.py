@@ -1,8 +1,8 @@
 """Error reporting to Sentry, when SENTRY_DSN is set (imported lazily: sentry-sdk costs memory).
 
 Task exceptions reach Sentry through sentry-sdk's own Huey integration, which patches `Huey._execute` (and
-`Huey.enqueue`); NightshiftHuey's overrides call them through `super()`, so both stay patched. Around each run,
-`job_scope` adds Nightshift's tags (job_id, task, attempt, queue) and, unless NIGHTSHIFT_SENTRY_EVERY_ATTEMPT is
+`Huey.enqueue`); NightshiftHuey's enqueue calls it through `super()`, so both stay patched. In each run,
+`tag_job` adds Nightshift's tags (job_id, task, attempt, queue) and, unless NIGHTSHIFT_SENTRY_EVERY_ATTEMPT is
 set, drops the report of an attempt that Huey will retry, so only the final failure is reported.
 
 No secret leaves in an event (docs/security.md): frame variables are kept (they make tracebacks useful), but
@@ -12,8 +12,7 @@ values of every secret setting and of the running job's secret arguments -- with
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Any, ContextManager, Iterable
+from typing import Any, Iterable
 
 import config
 from helpers.masking import is_secret_name, mask_text, secret_values, url_secrets
@@ -120,15 +119,13 @@ def is_final(task: Any, exc: BaseException | None) -> bool:
     return not task.retries
 
 
-def job_scope(huey: Any, task: Any) -> ContextManager:
-    """A Sentry scope for one run of a job: tags, and the every-attempt filter. A no-op without Sentry."""
+def tag_job(huey: Any, task: Any) -> None:
+    """Tag Sentry's scope for this run of a job (job_id, task, attempt, queue) and add the every-attempt filter.
+
+    Called from the claim (a pre-execute hook), which runs inside the isolation scope sentry-sdk's Huey
+    integration opens around each run, so the tags and the filter end with the run. A no-op without Sentry."""
     if not _enabled:
-        return contextlib.nullcontext()
-    return _job_scope(huey, task)
-
-
-@contextlib.contextmanager
-def _job_scope(huey: Any, task: Any):
+        return
     import sentry_sdk
 
     job_secrets = tuple(argument_secrets(task.kwargs) + argument_secrets(list(task.args or ())))
@@ -139,10 +136,9 @@ def _job_scope(huey: Any, task: Any):
             return None
         return scrub_event(event, job_secrets) if job_secrets else event
 
-    with sentry_sdk.new_scope() as scope:
-        scope.set_tag("job_id", task.id)
-        scope.set_tag("task", type(task).__name__)
-        scope.set_tag("attempt", str(getattr(task, "attempt", None)))
-        scope.set_tag("queue", huey.name)
-        scope.add_event_processor(only_final)
-        yield scope
+    scope = sentry_sdk.get_isolation_scope()
+    scope.set_tag("job_id", task.id)
+    scope.set_tag("task", type(task).__name__)
+    scope.set_tag("attempt", str(getattr(task, "attempt", None)))
+    scope.set_tag("queue", huey.name)
+    scope.add_event_processor(only_final)

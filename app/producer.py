@@ -23,7 +23,7 @@ from app import catalog, events, keycheck, ledger
 from app.codec import NotJSON, ensure_json
 from app.db import database, init as init_db
 from app.models import Job
-from app.queue import get_huey
+from app.queue import NightshiftHuey, get_huey
 
 log = logging.getLogger("nightshift.producer")
 
@@ -250,3 +250,7 @@ def submit_many(task_name: str, arguments: Iterable[dict], *, delay: float | Non
         tasks.append(build_task(task_name, kwargs, priority=priority, retries=retries, where=f"item {index}: ",
                                 when=when))
     return submit_tasks(tasks).ids if tasks else []
+
+
+# Direct calls, periodic runs and pipeline steps reach Huey's enqueue without a ledger row: Huey hands them here.
+NightshiftHuey.submit_new = staticmethod(submit_direct)

@@ -1,8 +1,10 @@
 """The one place that builds the Huey instance: Redis storage, the JSON codec and Nightshift's message shape.
 
-`NightshiftHuey` changes Huey in three narrow places: new tasks are recorded in the ledger before they are queued,
-a message that cannot be read becomes a dead letter instead of an exception, and a job is claimed in the ledger
-before it runs so a duplicate delivery of the same attempt is skipped.
+`NightshiftHuey` changes Huey in narrow places: new tasks are handed to the producer to be recorded in the ledger
+before they are queued, a message that cannot be read is handed to the dead-letter callback instead of raising,
+Huey's revoke is the ledger's cancel, locks record their holder. The claim before a run is not here: it is a
+pre-execute hook installed by app.lifecycle. Every Huey private name Nightshift relies on is listed in
+HUEY_PRIVATE and pinned by tests/test_huey_contract.py.
 """
 from __future__ import annotations
 
@@ -10,18 +12,18 @@ import datetime
 import inspect
 import struct
 import time
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from huey import Huey
-from huey.api import Result, Task, TaskWrapper
+from huey.api import Result, Task, TaskLock, TaskWrapper
 from huey.consumer import ThreadEnvironment
-from huey.exceptions import HueyException
+from huey.exceptions import HueyException, RateLimitExceeded, RetryTask, TaskLockedException
 from huey.registry import Registry
 from huey.storage import PriorityRedisExpireStorage
-from huey.utils import ChordConfig
+from huey.utils import ChordConfig, normalize_time
 
 import config
-from app import timelimits
+from app import identity, ledger, timelimits
 from app.codec import JSONCodec, PoisonMessage
 
 MESSAGE_VERSION = 1
@@ -77,14 +79,15 @@ class MessageRegistry(Registry):
             raise UnknownTask(message["task"])
         chord = message.get("chord")
         task = task_class(
-            tuple(message.get("args") or ()), message.get("kwargs") or {}, message["id"],
-            _parse_dt(message.get("eta")), message.get("retries"), message.get("retry_delay"),
-            message.get("priority"), message.get("expires"),
-            self.create_task(message["on_complete"]) if message.get("on_complete") else None,
-            self.create_task(message["on_error"]) if message.get("on_error") else None,
-            _parse_dt(message.get("expires_resolved")), message.get("timeout"),
-            ChordConfig(chord[0], chord[1], chord[2], self.create_task(chord[3])) if chord else None,
-            message.get("retry_backoff"))
+            args=tuple(message.get("args") or ()), kwargs=message.get("kwargs") or {}, id=message["id"],
+            eta=_parse_dt(message.get("eta")), retries=message.get("retries"),
+            retry_delay=message.get("retry_delay"), priority=message.get("priority"),
+            expires=message.get("expires"),
+            on_complete=self.create_task(message["on_complete"]) if message.get("on_complete") else None,
+            on_error=self.create_task(message["on_error"]) if message.get("on_error") else None,
+            expires_resolved=_parse_dt(message.get("expires_resolved")), timeout=message.get("timeout"),
+            chord_config=ChordConfig(chord[0], chord[1], chord[2], self.create_task(chord[3])) if chord else None,
+            retry_backoff=message.get("retry_backoff"))
         task.attempt = message.get("attempt")
         return task
 
@@ -124,13 +127,40 @@ class ArgumentsFirstTaskWrapper(TaskWrapper):
         return names
 
 
+class HolderLock(TaskLock):
+    """Huey's TaskLock whose value records the holding worker and when it was taken (see app.locks)."""
+
+    def acquire(self) -> bool:
+        holder = {"holder": identity.WORKER_ID, "since": time.time()}
+        if not self._huey.put_if_empty(self._key, holder, self._ttl):  # Huey private: TaskLock's fields
+            raise TaskLockedException(f"unable to acquire lock {self._name}")
+        return True
+
+
 class NightshiftHuey(Huey):
+    """Huey with JSON messages that carry the attempt, dead letters instead of exceptions, ledger cancellation,
+    holder-recording locks and thread time limits. Mechanism only: what to do with a new task or an unreadable
+    message is passed in by the layers above (`submit_new`, set by app.producer; `on_unreadable`, set by
+    app.lifecycle.install in the consumer). The claim before a run is a public pre-execute hook (app.lifecycle).
+
+    Every use of a Huey private name in Nightshift is in this module or in app.consumer, listed in HUEY_PRIVATE
+    and pinned by tests/test_huey_contract.py."""
+
+    # How a task never seen before (a direct call, a periodic run, a pipeline step) is recorded and queued.
+    submit_new: Callable[[Task], None] | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._registry = MessageRegistry()
+        self._registry = MessageRegistry()  # Huey private: the registry is built in Huey.__init__
+        # What becomes of a message that cannot be read (data, error, queue); None: the error propagates.
+        self.on_unreadable: Callable[[bytes, BaseException, str], None] | None = None
 
     def get_task_wrapper_class(self) -> type:
         return ArgumentsFirstTaskWrapper
+
+    def registered(self) -> dict[str, type]:
+        """Catalog name -> task class, for every task registered on this instance."""
+        return dict(self._registry._registry)
 
     def _timeout_context(self, task: Task):
         """Huey's time limit, and in thread workers (where Huey has none) the watchdog's of app.timelimits."""
@@ -138,21 +168,19 @@ class NightshiftHuey(Huey):
             return timelimits.limit(task.timeout)
         return super()._timeout_context(task)
 
-    def create_consumer(self, **options: Any):
-        from app.consumer import NightshiftConsumer
-        return NightshiftConsumer(self, **options)
-
     def enqueue(self, task: Task):
         """Huey's enqueue, except a task never seen before is recorded in the ledger first (direct calls)."""
         if getattr(task, "attempt", None) is None and not self._immediate:
-            from app import producer
-            producer.submit_direct(task)
+            if NightshiftHuey.submit_new is None:
+                raise RuntimeError("import app (its producer records new tasks) before enqueueing tasks")
+            NightshiftHuey.submit_new(task)
             return Result(self, task)
         return super().enqueue(task)
 
     def push(self, tasks: Iterable[Task]) -> None:
         """Put already-recorded tasks on Redis in one round trip: due ones on the queue (one ZADD, in order),
-        later ones on the schedule."""
+        later ones on the schedule. Writes PriorityRedisStorage's own layout (an 8-byte ordering prefix, score
+        -priority), pinned by tests/test_huey_contract.py."""
         storage = self.storage
         now = self._get_timestamp()
         first = int(time.time() * 1e6)  # Huey's priority queue orders equal priorities by this prefix
@@ -184,8 +212,9 @@ class NightshiftHuey(Huey):
         try:
             return self.deserialize_task(data)
         except Exception as exc:  # noqa: BLE001 - any unreadable message is a dead letter, never a crash
-            from app import lifecycle
-            lifecycle.dead_letter_message(data, exc, self.name)
+            if self.on_unreadable is None:
+                raise
+            self.on_unreadable(data, exc, self.name)
             return None
 
     def _deserialize_all(self, messages: Iterable[bytes]) -> list:
@@ -202,29 +231,49 @@ class NightshiftHuey(Huey):
         return super().delete(key)
 
     def revoke(self, task: Any, revoke_until: Any = None, revoke_once: bool = False) -> None:
-        from app import ledger
         ledger.mark_canceled(task.id if isinstance(task, Task) else task.task.id, "revoked through Huey's API")
 
     def revoke_by_id(self, id: str, revoke_until: Any = None, revoke_once: bool = False) -> None:
-        from app import ledger
         ledger.mark_canceled(id, "revoked through Huey's API")
 
     def revoke_all(self, task_class: Any, revoke_until: Any = None, revoke_once: bool = False) -> None:
         raise NotImplementedError("Nightshift cancels jobs in the ledger: use `nightshift cancel JOB...`")
 
-    def lock_task(self, lock_name: str, ttl: int | None = None):
+    def lock_task(self, lock_name: str, ttl: int | None = None) -> HolderLock:
         """Huey's task lock, recording which worker holds it so cleanup can free it when that worker dies."""
-        from app.locks import HolderLock
         return HolderLock(self, lock_name, ttl)
 
-    def _execute(self, task: Task, timestamp: datetime.datetime):
-        from app import lifecycle, monitoring
-        # sentry-sdk's patched Huey.enqueue adds trace headers to the kwargs of a retry; they are no argument.
-        task.kwargs.pop("sentry_headers", None)
-        if not lifecycle.claim(self, task):
-            return None
-        with monitoring.job_scope(self, task):
-            return super()._execute(task, timestamp)  # Huey._execute, patched by Sentry's integration if on
+
+def next_retry(task: Task, exc: BaseException, now: datetime.datetime) -> tuple[datetime.datetime | None, float]:
+    """When Huey will run the next attempt of `task` after it failed with `exc`, and the retry delay after
+    that: Huey's own arithmetic (Huey._execute and Huey._requeue_task), mirrored here because the ledger must
+    say "retrying until ETA" before Huey puts the message back. Pinned by tests/test_huey_contract.py."""
+    delay = task.retry_delay or 0
+    if task.retry_backoff and delay and not isinstance(exc, (RetryTask, RateLimitExceeded)):
+        delay *= task.retry_backoff
+    if isinstance(exc, RetryTask) and (exc.eta or exc.delay is not None):
+        return normalize_time(exc.eta, exc.delay, True), delay
+    if isinstance(exc, RateLimitExceeded):
+        return normalize_time(None, task.retry_delay or exc.delay, True), delay
+    if task.retry_delay:
+        return now + datetime.timedelta(seconds=task.retry_delay), delay
+    return None, delay
+
+
+# Every Huey private name Nightshift uses, where, and why; tests/test_huey_contract.py checks each one.
+HUEY_PRIVATE = {
+    "Huey._registry / Registry._registry": "queue: the message registry, and the catalog's list of tasks",
+    "Huey._timeout_context / Huey._timeout_handler": "queue: time limits in thread workers (app.timelimits)",
+    "Huey._immediate": "queue: immediate mode enqueues without the ledger",
+    "Huey._get_timestamp": "queue.push: 'due now' as Huey judges it",
+    "Huey._deserialize_all": "queue: unreadable scheduled messages become dead letters",
+    "Huey._requeue_task (mirrored)": "queue.next_retry: the retry ETA, recorded before Huey requeues",
+    "PriorityRedisStorage queue layout": "queue.push: one ZADD for many tasks",
+    "TaskLock._huey/_key/_ttl/_name": "queue.HolderLock: the lock's value names its holder",
+    "Consumer._signal_actions": "consumer: SIGINT drains like SIGTERM",
+    "Consumer._signum/_restart/_graceful": "consumer: a restart to release memory, and the goodbye beat",
+    "Scheduler._next_periodic": "consumer.TickScheduler: ticks aligned to the wall clock",
+}
 
 
 def build_huey(settings: config.Settings | None = None) -> NightshiftHuey:

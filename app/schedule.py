@@ -1,27 +1,18 @@
-"""Periodic tasks: crontab specs that can be shown, and a scheduler that enqueues each tick once in total.
+"""Periodic tasks: crontab specs that can be shown, their next runs, time zones, and tick arithmetic.
 
-Huey runs a scheduler in every consumer, so with three consumers every periodic task would be enqueued three
-times per tick. `TickScheduler` keeps Huey's scheduler (its loop, its skipping of checks missed during a stall,
-its `read_periodic`) and adds one thing before enqueueing: it takes a per-tick key on the shared Redis,
-`SET nightshift:{queue}:tick:{tick_start_epoch} <worker> NX EX <3 ticks>`. Only the consumer that sets the key
-enqueues that tick; when it dies, the next tick's key is free for any other consumer, so another one takes over
-within one tick without any hand-over.
+The consumer's `TickScheduler` (app.consumer) enqueues each tick's periodic tasks once across all consumers.
 """
 from __future__ import annotations
 
 import calendar
 import datetime
-import logging
 import time
 import zoneinfo
 from typing import Callable, Iterable, Iterator
 
 from huey import crontab as huey_crontab
-from huey.consumer import Scheduler
 
 import config
-
-log = logging.getLogger("nightshift.scheduler")
 
 FIELDS = ("minute", "hour", "day", "month", "day_of_week")
 DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
@@ -261,61 +252,6 @@ class Zoned:
                 return min(later)
         later = [run for run in runs if run >= first]
         return min(later) if later else None
-
-
-# -- once per tick across consumers --------------------------------------------------------------------------------
-
-def tick_key(queue: str, start: int) -> str:
-    return f"nightshift:{queue}:tick:{start}"
-
-
-class TickScheduler(Scheduler):
-    """Huey's scheduler, but a tick's periodic tasks are enqueued by one consumer only (see module doc).
-
-    Ticks are aligned to wall-clock multiples of NIGHTSHIFT_TICK_SECONDS so every consumer on every host
-    agrees on which tick it is, and periodic tasks are validated against the tick's start time.
-    """
-
-    def __init__(self, huey, stop_flag, interval, periodic) -> None:
-        super().__init__(huey, stop_flag, interval, periodic)
-        self.tick = config.get().tick_seconds
-        self.periodic_task_seconds = self.tick
-        # Huey would check at start-up and then every tick measured from start-up; a check per wall-clock
-        # tick makes all consumers compete for the same key.
-        self.interval = max(1, min(self.interval, self.tick))
-        self.won = 0
-
-    def _align_next_check(self) -> None:
-        now = time.time()
-        self._next_periodic = time.monotonic() + (tick_start(now, self.tick) + self.tick - now)
-
-    def enqueue_periodic_tasks(self, now) -> None:
-        """Take this tick's key; only the winner enqueues (missed ticks are skipped, never caught up)."""
-        self._align_next_check()
-        wall = time.time()
-        start = tick_start(wall, self.tick)
-        from app import lifecycle
-        try:
-            won = self.huey.storage.conn.set(tick_key(self.huey.name, start), lifecycle.WORKER_ID,
-                                             nx=True, ex=max(3 * self.tick, 10))
-        except Exception as exc:  # noqa: BLE001 - Redis down: no consumer can enqueue anyway; try next tick
-            log.warning("periodic tick %d skipped: Redis unreachable (%s)", start, exc)
-            return
-        if not won:
-            return
-        self.won += 1
-        stamp = now or datetime.datetime.fromtimestamp(start, datetime.UTC).replace(tzinfo=None)
-        tasks = self.huey.read_periodic(stamp)
-        enqueued = 0
-        for task in tasks:
-            try:
-                self.huey.enqueue(task)  # attempt is None: recorded in the ledger first, like any job
-                enqueued += 1
-            except Exception:  # noqa: BLE001
-                log.exception("could not enqueue periodic task %s", type(task).__name__)
-        log.info("periodic tick %d won by %s: enqueued %d task(s)%s", start, lifecycle.WORKER_ID, enqueued,
-                 (": " + ", ".join(type(t).__name__ for t in tasks)) if tasks else "",
-                 extra={"tick": start, "enqueued": enqueued})
 
 
 cron.hourly = lambda: cron(minute="0")  # type: ignore[attr-defined]  (as Huey's crontab.hourly)

@@ -8,7 +8,8 @@ import peewee
 import redis
 
 import config
-from app import catalog, keycheck, lifecycle, logs
+from app import catalog, keycheck, lifecycle, logs, monitoring
+from app.consumer import NightshiftConsumer
 from app.db import init as init_db
 from app.queue import get_huey
 from helpers.masking import mask_text, mask_url, secret_values
@@ -57,9 +58,9 @@ def run(workers: int | None = None) -> None:
     huey = get_huey()
     lifecycle.install(huey)
     keycheck.publish(huey.storage.conn, settings.queue, settings.signing_key)  # producers compare theirs with it
-    from app import monitoring
     monitoring.setup_sentry(settings)
-    consumer = huey.create_consumer(
+    consumer = NightshiftConsumer(
+        huey,
         workers=workers or settings.workers,
         worker_type=settings.worker_type,
         periodic=True,

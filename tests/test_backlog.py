@@ -17,7 +17,7 @@ CLEARED = re.compile(r"backlog alert (\w+) on queue \S+ cleared")
 
 
 def test_queue_depth_alert_fires_once_and_clears_once_across_two_consumers(env, start_worker, monkeypatch):
-    from app import backlog, submit_many
+    from app import backlog, keys, submit_many
     from app.models import Job
     from app.queue import get_huey
     sentry = SentryStub() if SentryStub else None
@@ -41,7 +41,7 @@ def test_queue_depth_alert_fires_once_and_clears_once_across_two_consumers(env, 
                .count() >= before + 2, 10, message="two more watches with nothing to report")
     assert lines(OPENED) == ["queue_depth"], [w.log() for w in workers]
     assert lines(CLEARED) == ["queue_depth"]
-    assert get_huey().storage.conn.get(backlog.alert_key(env["NIGHTSHIFT_QUEUE"], "queue_depth")) is None
+    assert get_huey().storage.conn.get(keys.alert(env["NIGHTSHIFT_QUEUE"], "queue_depth")) is None
     for worker in workers:
         assert worker.stop() == 0  # flushes Sentry
     if sentry:

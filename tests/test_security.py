@@ -323,13 +323,13 @@ def test_a_producer_with_another_signing_key_is_refused_at_submit_and_records_no
                                                                                       start_worker, ledger_db):
     """Item 7: once a consumer published its key's fingerprint, a producer with another key (or none) exits
     non-zero and nothing is recorded; the consumers' own key is accepted and its job runs."""
-    from app import keycheck
+    from app import keycheck, keys
     env.set(monkeypatch, NIGHTSHIFT_SIGNING_KEY=SIGNING_KEY)
     worker = start_worker()
     published = keycheck.fingerprint(SIGNING_KEY)
     import redis
     conn = redis.Redis.from_url(env["NIGHTSHIFT_REDIS_URL"])
-    assert conn.get(keycheck.redis_key(env["NIGHTSHIFT_QUEUE"])).decode() == published
+    assert conn.get(keys.signing_key_fingerprint(env["NIGHTSHIFT_QUEUE"])).decode() == published
     assert SIGNING_KEY not in published
 
     wrong = cli(env, "submit", "add", "--arg", "a=1", NIGHTSHIFT_SIGNING_KEY="another-key")
