@@ -22,7 +22,6 @@ from peewee import fn
 
 import config
 from app import keys, leader, ledger
-from app.db import init as init_db
 from app.models import WAITING, Attempt, Job
 from app.queue import NightshiftHuey, get_huey
 
@@ -55,7 +54,6 @@ def _as_datetime(value: Any) -> datetime.datetime | None:
 
 def measure(huey: NightshiftHuey | None = None, now: datetime.datetime | None = None) -> Snapshot:
     """The backlog now: plain read queries on the ledger, and the Redis queue's length."""
-    init_db()
     settings = config.get()
     huey = huey or get_huey()
     now = now or ledger.now()

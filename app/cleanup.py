@@ -33,7 +33,6 @@ from peewee import fn
 
 import config
 from app import ledger
-from app.db import init as init_db
 from app.models import Attempt, Job, WorkerBeat
 from app.queue import NightshiftHuey, get_huey
 
@@ -296,7 +295,6 @@ def run(huey: NightshiftHuey | None = None, dry_run: bool = False,
     """One cleanup pass: the ledger first (so results of jobs it removes become orphans), then Redis."""
     started = time.monotonic()
     settings = config.get()
-    init_db()
     huey = huey or get_huey()
     now = now or ledger.now()
     report = Report(dry_run=dry_run, queue=huey.name)

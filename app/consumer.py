@@ -21,7 +21,6 @@ from huey.consumer import Consumer, ConsumerStopped, Scheduler, Worker, WorkerRe
 
 import config
 from app import canceling, clock, db, flow, identity, keys, leader, ledger, lifecycle, pausing, recovery
-from app.db import init as init_db
 from app.models import WorkerBeat
 from app.schedule import tick_start
 
@@ -63,7 +62,6 @@ class Keeper(threading.Thread):
                 if time.monotonic() >= next_sync:
                     self.sync_clock()
                     next_sync = time.monotonic() + CLOCK_SYNC_SECONDS
-                init_db()
                 self.renew(now)
                 if time.monotonic() >= next_beat:
                     self.beat()

@@ -17,13 +17,11 @@ from typing import Any, Callable
 
 import peewee
 from playhouse.db_url import connect as connect_url
-from playhouse.migrate import SchemaMigrator, migrate
 
 import config
 
 log = logging.getLogger("nightshift.ledger")
 database = peewee.DatabaseProxy()
-_url: str | None = None
 
 # Errors that mean "the ledger does not answer" (down, unreachable, dropped connection, locked past the timeout),
 # as opposed to a statement the database refuses.
@@ -113,45 +111,6 @@ def open_database(url: str, create: bool = True) -> peewee.Database:
             "a PostgreSQL ledger needs its driver: pip install 'nightshift[postgres]' (psycopg2-binary)")
     parsed = connect_url(url)
     return ReconnectingPostgres(parsed.database, **parsed.connect_params)
-
-
-def init(url: str | None = None, create: bool = True) -> peewee.Database:
-    """Point the ledger at `url` (default: NIGHTSHIFT_DATABASE_URL), create its tables if missing and bring an
-    older ledger's tables up to date. With `create=False` (producers) a ledger that does not exist yet (no SQLite
-    file, or no tables) raises LedgerMissing and nothing is created."""
-    global _url
-    url = url or config.get().database_url
-    if _url == url and database.obj is not None:
-        return database.obj
-    if database.obj is not None:
-        database.obj.close()
-    _url = None
-    database.initialize(open_database(url, create))
-    from app import schema
-    if create:
-        schema.create(database.obj)
-    elif schema.has_tables(database.obj):
-        schema.upgrade(database.obj)
-    else:
-        database.obj.close()
-        raise LedgerMissing(where(url), "its tables do not exist")
-    _url = url
-    return database.obj
-
-
-def add_missing_columns(db: peewee.Database, models: list) -> list[str]:
-    """Columns a newer version added to a table that an older version created (all nullable or defaulted);
-    returns "table.column" for each one added."""
-    migrator = SchemaMigrator.from_database(db)
-    added = []
-    for model in models:
-        table = model._meta.table_name
-        present = {column.name for column in db.get_columns(table)}
-        missing = [field for field in model._meta.sorted_fields if field.column_name not in present]
-        if missing:
-            migrate(*[migrator.add_column(table, field.column_name, field) for field in missing])
-            added += [f"{table}.{field.column_name}" for field in missing]
-    return added
 
 
 _inherited: list[Any] = []

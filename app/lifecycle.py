@@ -5,7 +5,6 @@ attempt; expired → expired. A message that cannot be read becomes a dead lette
 """
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import threading

@@ -12,6 +12,8 @@ from typing import Any, Iterator
 
 import config
 from app import status
+from app.db import database
+from app.schema import open_ledger
 
 log = logging.getLogger("nightshift.metrics")
 
@@ -40,15 +42,13 @@ class NightshiftCollector:
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 
-        from app.db import database, init as init_db
-
         started = time.monotonic()
         q = self.settings.queue
         up = GaugeMetricFamily("nightshift_up", "1 when the component answered this scrape.", labels=["component"])
         redis = status.redis_counts()
         up.add_metric(["redis"], 1 if redis.get("ok") else 0)
         try:
-            init_db(self.settings.database_url)
+            open_ledger(self.settings.database_url)  # a scrape after an outage at start-up opens it then
             with database.connection_context():
                 stamp = status.now()
                 counts = status.queue_counts(stamp)

@@ -21,7 +21,8 @@ from huey.utils import normalize_time
 import config
 from app import catalog, events, keycheck, ledger
 from app.codec import NotJSON, ensure_json
-from app.db import database, init as init_db
+from app.db import database
+from app.schema import open_ledger
 from app.models import Job
 from app.queue import NightshiftHuey, get_huey
 
@@ -82,7 +83,7 @@ def submit_tasks(tasks: list[Task], key: str | None = None, *, deliver: bool = T
                                    f"without NUL")
     if deliver:  # (not when Redis is known to be down)
         check_signing_key()
-    init_db(create=False)
+    open_ledger(create=False)
     if key is not None:
         return _submit_with_key(tasks[0], key, warn)
     # In id order: the ids are random, and inserting them sorted touches each page of the primary-key index once

@@ -22,7 +22,7 @@ from huey.api import Task
 
 import config
 from app import catalog, clock, events, keys, ledger
-from app.db import database, init as init_db
+from app.db import database
 from app.models import WAITING, Job
 from app.queue import NightshiftHuey
 
@@ -170,7 +170,6 @@ def recover_lost_messages(huey: NightshiftHuey, report: Report, now: datetime.da
 
 def recover(huey: NightshiftHuey) -> Report:
     """Run both recoveries once. Safe to run from several consumers at once: every transition is guarded."""
-    init_db()
     clock.sync(huey.storage.conn)  # leases are judged on Redis's clock, whichever host runs this
     report, now = Report(), ledger.now()
     recover_expired_leases(huey, report, now)

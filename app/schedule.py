@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import calendar
 import datetime
-import time
 import zoneinfo
 from typing import Callable, Iterable, Iterator
 

@@ -1,4 +1,5 @@
-"""The ledger's tables: create them for a new ledger, and bring a ledger made by an older version up to date.
+"""Opening the ledger, once per process: its tables created for a new ledger, brought up to date for one an
+older version made.
 
 Upgrades are idempotent and safe to run from several processes at once (whoever adds a column first wins; the
 others find it there).
@@ -8,18 +9,59 @@ from __future__ import annotations
 import logging
 
 import peewee
+from playhouse.migrate import SchemaMigrator, migrate
 
-from app.db import add_missing_columns
+import config
+from app.db import LedgerMissing, database, open_database, where
 from app.models import ALL, Job, WorkerBeat
 
 log = logging.getLogger("nightshift.ledger")
+_url: str | None = None  # the ledger this process opened
+
+
+def open_ledger(url: str | None = None, create: bool = True) -> peewee.Database:
+    """Point the ledger at `url` (default: NIGHTSHIFT_DATABASE_URL), create its tables if missing and bring an
+    older ledger's tables up to date. With `create=False` (producers) a ledger that does not exist yet (no SQLite
+    file, or no tables) raises LedgerMissing and nothing is created."""
+    global _url
+    url = url or config.get().database_url
+    if _url == url and database.obj is not None:
+        return database.obj
+    if database.obj is not None:
+        database.obj.close()
+    _url = None
+    database.initialize(open_database(url, create))
+    if create:
+        create_tables(database.obj)
+    elif has_tables(database.obj):
+        upgrade(database.obj)
+    else:
+        database.obj.close()
+        raise LedgerMissing(where(url), "its tables do not exist")
+    _url = url
+    return database.obj
+
+
+def add_missing_columns(db: peewee.Database, models: list) -> list[str]:
+    """Columns a newer version added to a table that an older version created (all nullable or defaulted);
+    returns "table.column" for each one added."""
+    migrator = SchemaMigrator.from_database(db)
+    added = []
+    for model in models:
+        table = model._meta.table_name
+        present = {column.name for column in db.get_columns(table)}
+        missing = [field for field in model._meta.sorted_fields if field.column_name not in present]
+        if missing:
+            migrate(*[migrator.add_column(table, field.column_name, field) for field in missing])
+            added += [f"{table}.{field.column_name}" for field in missing]
+    return added
 
 
 def has_tables(db: peewee.Database) -> bool:
     return db.table_exists(Job._meta.table_name)
 
 
-def create(db: peewee.Database) -> None:
+def create_tables(db: peewee.Database) -> None:
     """Create whatever tables and indexes are missing (after upgrading the tables that exist)."""
     if has_tables(db):
         upgrade(db)
@@ -27,7 +69,7 @@ def create(db: peewee.Database) -> None:
 
 
 def upgrade(db: peewee.Database) -> None:
-    """Add the columns this version needs to tables an older version made (db.add_missing_columns), and give
+    """Add the columns this version needs to tables an older version made (add_missing_columns), and give
     the jobs written before `nightshift_job.queue` existed their queue where it can be known."""
     try:
         added = add_missing_columns(db, ALL)

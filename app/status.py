@@ -21,6 +21,7 @@ from peewee import fn
 
 import config
 from app import ledger, pausing
+from app.preflight import check_database, check_redis
 from app.models import WAITING, Job, WorkerBeat
 from app.queue import build_huey
 from helpers.masking import bound, mask, secret_values
@@ -276,9 +277,7 @@ def snapshot(settings: config.Settings | None = None, window: float = WINDOW_SEC
              queues: Iterable[str | None] | str | None = None) -> dict:
     """The whole picture of `queues` (default: this service's; see resolve_queues), as plain JSON-able data (the
     shape of `nightshift status --json`): a row per queue; throughput, tasks and workers of them all."""
-    from app.db import init as init_db
     settings = settings or config.get()
-    init_db()
     stamp = now()
     names = resolve_queues(queues)
     rows = []
@@ -308,7 +307,6 @@ def snapshot(settings: config.Settings | None = None, window: float = WINDOW_SEC
 
 def health(settings: config.Settings | None = None, this_host: bool = False) -> tuple[bool, str]:
     """(healthy, one line): Redis answers, the ledger answers, and a consumer of the queue beats."""
-    from app.worker import check_database, check_redis
     settings = settings or config.get()
     problem = check_redis(settings) or check_database(settings)
     if problem:

@@ -227,11 +227,11 @@ def use_nightshift(env: dict) -> None:
         del os.environ[key]
     os.environ.update({k: v for k, v in env.items() if k.startswith("NIGHTSHIFT_")})
     import config
-    from app import catalog, db, queue
+    from app import catalog, queue, schema
     settings = config.reload()
     catalog.load_task_modules(settings.task_modules)
     queue.reconfigure(settings)
-    db.init(settings.database_url)
+    schema.open_ledger(settings.database_url)
 
 
 def ledger_count(path: Path, state: str | None = None) -> int:

@@ -151,11 +151,11 @@ def env(tmp_path, database_url, monkeypatch):
 def apply_settings():
     """Make this process use the current environment: settings, Huey instance, ledger."""
     import config
-    from app import catalog, db, queue
+    from app import catalog, queue, schema
     settings = config.reload()
     catalog.load_task_modules(settings.task_modules)
     queue.reconfigure(settings)
-    db.init(settings.database_url)
+    schema.open_ledger(settings.database_url)
     return settings
 
 

@@ -17,7 +17,7 @@ CLEARED = re.compile(r"backlog alert (\w+) on queue \S+ cleared")
 
 
 def test_queue_depth_alert_fires_once_and_clears_once_across_two_consumers(env, start_worker, monkeypatch):
-    from app import backlog, keys, submit_many
+    from app import keys, submit_many
     from app.models import Job
     from app.queue import get_huey
     sentry = SentryStub() if SentryStub else None

@@ -73,10 +73,10 @@ def make_old_ledger(db) -> None:
 
 
 def reopen(url):
-    from app import db
+    from app import db, schema
     db.database.obj.close()
-    db._url = None
-    return db.init(url)
+    schema._url = None
+    return schema.open_ledger(url)
 
 
 def old_job(db, job_id, state="queued"):

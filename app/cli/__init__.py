@@ -1,15 +1,8 @@
-"""The `nightshift` command (also `python -m app`). Each command group lives in its own module."""
+"""The `nightshift` command (also `python -m app`). Each command group lives in its own module; importing them
+adds their commands to `main` (app.cli.root)."""
 from __future__ import annotations
 
-import click
+from app.cli import jobs, maintenance, monitor, ops, queues, service  # noqa: F401  (commands register on `main`)
+from app.cli.root import main
 
-from app.cli.common import cli
-
-
-@click.group(cls=cli)
-@click.version_option(package_name="nightshift")
-def main() -> None:
-    """Nightshift: submit background jobs, run the worker, and operate the queue."""
-
-
-from app.cli import jobs, maintenance, monitor, ops, queues, service  # noqa: E402,F401  (commands register on `main`)
+__all__ = ["main"]

@@ -10,10 +10,11 @@ import click
 import config
 
 from app import catalog, ledger, producer
-from app.cli import bulk, main
+from app.cli import bulk
+from app.cli.root import main
 from app.cli.common import (EXIT_FAILED, EXIT_TIMEOUT, chosen_queues, echo_json, fail, iso, json_option, queue_options,
                              queues_heading, table)
-from app.db import init as init_db
+from app.schema import open_ledger
 from app.models import FINISHED, STATES, Job
 from app.status import resolve_queues
 from helpers.masking import mask, mask_text, secret_values
@@ -177,7 +178,7 @@ def stored_result(job_id: str):
 @json_option
 def show(job_id, as_json):
     """One job: state, attempts and their timings, arguments, result or last error with traceback."""
-    init_db()
+    open_ledger()
     job = ledger.get(job_id)
     if job is None:
         fail(f"no job {job_id!r} in the ledger", EXIT_FAILED)
@@ -249,7 +250,7 @@ STATE_ALIASES = {"failed": "dead", "waiting": "queued", "scheduled": "queued"}
 def list_(state, task, limit, queue_names, all_queues, as_json):
     """Recent jobs of this service's queue (or --queue / --all-queues), newest first."""
     queues = chosen_queues(queue_names, all_queues)
-    init_db()
+    open_ledger()
     jobs = ledger.list_jobs(STATE_ALIASES.get(state, state), task, limit, resolve_queues(queues))
     if as_json:
         echo_json([job_dict(job) for job in jobs])

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import click
 
-from app.cli import main
+from app.cli.root import main
 from app.cli.common import echo_json, iso, json_option, table
+from app.schema import open_ledger
 
 
 def _last_runs(names: list[str]) -> dict[str, object]:
@@ -25,8 +26,7 @@ def schedule(as_json):
 
     from app import catalog
     from app import schedule as sched
-    from app.db import init as init_db
-    init_db()
+    open_ledger()
     tick = config.get().tick_seconds
     classes = {name: cls for name, cls in catalog.task_classes().items() if issubclass(cls, PeriodicTask)}
     last = _last_runs(sorted(classes))
@@ -58,6 +58,7 @@ def schedule(as_json):
 def cleanup(dry_run, as_json):
     """Remove expired results, finished jobs past retention, stale locks, old flags and previews now."""
     from app import cleanup as cleanup_mod
+    open_ledger()
     report = cleanup_mod.run(dry_run=dry_run)
     if as_json:
         echo_json(report.as_dict())
@@ -71,6 +72,7 @@ def backlog(as_json):
     """Show the backlog (depth, oldest waiting job, running, failure rate, dead letters) and open alerts."""
     from app import backlog as backlog_mod
     from app.backlog import thresholds
+    open_ledger()
     snap = backlog_mod.measure()
     open_alerts = backlog_mod.incidents()
     if as_json:

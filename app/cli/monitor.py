@@ -9,7 +9,8 @@ import time
 import click
 
 import config
-from app.cli import main
+from app.cli.root import main
+from app.schema import open_ledger
 from app.cli.common import EXIT_FAILED, chosen_queues, echo_json, fail, queue_options
 
 CLEAR = "\x1b[H\x1b[2J"   # cursor home, clear screen
@@ -135,6 +136,7 @@ def status(as_json, watch, window, queue_names, all_queues):
     from app import status as status_mod
     settings = config.get()
     queues = chosen_queues(queue_names, all_queues)
+    open_ledger(settings.database_url)
     try:
         while True:
             data = status_mod.snapshot(settings, window * 60, queues=queues)

@@ -8,10 +8,10 @@ from huey.api import Task
 
 import config
 from app import canceling, catalog, events, ledger
-from app.cli import main
+from app.cli.root import main
 from app.cli.common import (EXIT_FAILED, chosen_queues, echo_json, fail, iso, json_option, queue_options,
                              queues_heading, table)
-from app.db import init as init_db
+from app.schema import open_ledger
 from app.models import WAITING, Job
 from app.queue import build_huey, get_huey
 from app.status import resolve_queues
@@ -37,7 +37,7 @@ def dead(task, limit, queue_names, all_queues, as_json):
     """Dead letters of this service's queue (or --queue / --all-queues): jobs that ran out of retries, lost their
     lease too often, or came as bad messages."""
     queues = chosen_queues(queue_names, all_queues)
-    init_db()
+    open_ledger()
     jobs = ledger.list_jobs("dead", task, limit, resolve_queues(queues))
     if as_json:
         from app.cli.jobs import job_dict
@@ -67,7 +67,7 @@ def _cut(text: str, width: int) -> str:
 @click.option("--task", help="With --all: only this task's dead jobs.")
 def retry(job_ids, all_, task):
     """Queue dead jobs again, each as a new attempt with the task's retries, on the queue they belong to."""
-    init_db()
+    open_ledger()
     if all_ == bool(job_ids):
         fail("name the jobs to retry, or use --all [--task T]", 2)
     if all_:
@@ -118,7 +118,7 @@ def push_to_own_queues(tasks: list[tuple[str, Task]]) -> None:
 @click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
 def discard(job_ids):
     """Remove dead jobs from the ledger for good."""
-    init_db()
+    open_ledger()
     jobs = _resolve(job_ids)
     removed = set(ledger.discard([job.id for job in jobs]))
     for job in jobs:
@@ -135,7 +135,7 @@ def discard(job_ids):
 @click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
 def cancel(job_ids):
     """Cancel jobs: queued or scheduled ones will not run; running ones are stopped (app.canceling)."""
-    init_db()
+    open_ledger()
     jobs = _resolve(job_ids)
     canceled = 0
     for job in jobs:

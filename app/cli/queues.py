@@ -5,13 +5,13 @@ import click
 
 import config
 from app import pausing
-from app.cli import main
-from app.db import init as init_db
+from app.cli.root import main
+from app.schema import open_ledger
 from app.queue import get_huey
 
 
 def _set(queue: str | None, paused: bool) -> None:
-    init_db()
+    open_ledger()
     name = queue or config.get().queue
     was = pausing.set_paused(get_huey(), name, paused)
     if paused:

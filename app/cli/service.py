@@ -6,8 +6,9 @@ import dataclasses
 import click
 
 import config
-from app.cli import main
+from app.cli.root import main
 from app.cli.common import EXIT_FAILED, echo_json, json_option
+from app.schema import open_ledger
 from helpers.masking import MASK, mask_url
 
 
@@ -15,9 +16,10 @@ from helpers.masking import MASK, mask_url
 @click.option("--workers", type=click.IntRange(min=1), help="Override NIGHTSHIFT_WORKERS.")
 def worker(workers):
     """Run the consumer: execute jobs, run the scheduler and recovery, until SIGTERM/SIGINT."""
+    from app import preflight
     from app import worker as worker_mod
     settings = config.get()
-    problems = worker_mod.preflight(settings)
+    problems = preflight.problems(settings)
     if problems:
         for problem in problems:
             click.echo(f"nightshift: {problem}", err=True)
@@ -31,7 +33,7 @@ def init():
     location's directory) or bring an existing one up to date. The worker does this itself at start; producers
     never do."""
     from app import db
-    db.init(config.get().database_url, create=True)
+    open_ledger(config.get().database_url, create=True)
     click.echo(f"ledger ready at {db.where(config.get().database_url)}")
 
 
@@ -42,6 +44,7 @@ def recover(as_json):
     from app import catalog, recovery
     from app.queue import get_huey
     catalog.load_task_modules()
+    open_ledger()
     report = recovery.recover(get_huey())
     if as_json:
         echo_json(report.as_dict())
