@@ -24,6 +24,7 @@ import config
 from app import keys, leader, ledger
 from app.models import WAITING, Attempt, Job
 from app.queue import NightshiftHuey, get_huey
+from app.states import State
 
 log = logging.getLogger("nightshift.backlog")
 
@@ -62,13 +63,13 @@ def measure(huey: NightshiftHuey | None = None, now: datetime.datetime | None = 
     queued, oldest = Job.select(fn.COUNT(Job.id), fn.MIN(fn.COALESCE(Job.eta, Job.updated_at))).where(due) \
         .tuples().first()
     oldest = _as_datetime(oldest)
-    running = Job.select().where(Job.state == "running").count()
+    running = Job.select().where(Job.state == State.RUNNING).count()
     outcomes = dict(Attempt.select(Attempt.outcome, fn.COUNT(Attempt.job_id)).where(
         Attempt.finished_at >= since, Attempt.outcome.in_(("succeeded", "failed"))).group_by(Attempt.outcome)
         .tuples())
     attempts = sum(outcomes.values())
     failed = outcomes.get("failed", 0)
-    dead = Job.select().where(Job.state == "dead", Job.finished_at >= since).count()
+    dead = Job.select().where(Job.state == State.DEAD, Job.finished_at >= since).count()
     try:
         depth = huey.pending_count()
     except Exception:  # noqa: BLE001 - the ledger still tells the backlog when Redis does not answer

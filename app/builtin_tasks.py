@@ -7,6 +7,7 @@ set when they run; "off" leaves a task out of the schedule (`nightshift cleanup`
 from __future__ import annotations
 
 import config
+from app import backlog, cleanup
 from app.catalog import periodic_task
 from app.schedule import parse
 
@@ -16,7 +17,6 @@ if _settings.cleanup_cron != "off":
     @periodic_task(parse(_settings.cleanup_cron), retries=1, retry_delay=60, name="nightshift_cleanup")
     def nightshift_cleanup() -> dict:
         """Remove expired results, finished jobs past retention, stale locks and flags (see app.cleanup)."""
-        from app import cleanup
         return cleanup.run().as_dict()
 
 if _settings.backlog_cron != "off":
@@ -24,7 +24,6 @@ if _settings.backlog_cron != "off":
     @periodic_task(parse(_settings.backlog_cron), priority=100, name="nightshift_backlog_watch")
     def nightshift_backlog_watch() -> dict:
         """Measure the backlog and open or clear alerts past the NIGHTSHIFT_ALERT_* thresholds."""
-        from app import backlog
         result = backlog.check()
         return {"active": result["active"], "opened": result["opened"], "cleared": result["cleared"],
                 "queued": result["snapshot"]["queued"]}

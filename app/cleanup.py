@@ -35,12 +35,13 @@ import config
 from app import ledger
 from app.models import Attempt, Job, WorkerBeat
 from app.queue import NightshiftHuey, get_huey
+from app.states import State
 
 log = logging.getLogger("nightshift.cleanup")
 
-SUCCEEDED = ("succeeded",)
-FAILED = ("dead", "canceled", "expired")
-CAN_STILL_RUN = ("queued", "retrying", "running")
+SUCCEEDED = (State.SUCCEEDED,)
+FAILED = (State.DEAD, State.CANCELED, State.EXPIRED)
+CAN_STILL_RUN = (State.QUEUED, State.RETRYING, State.RUNNING)
 JOB_ID = re.compile(rb"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 # Scripts over one batch of keys (one round trip per batch; each runs for about a millisecond).
@@ -137,7 +138,7 @@ def clean_ledger(report: Report, now: datetime.datetime, settings: config.Settin
 
     before = days_ago(now, settings.retain_preview_days)
     if report.dry_run:
-        old = (Job.state == "dead") & Job.raw.is_null(False) & (Job.raw != ledger.PREVIEW_REMOVED) \
+        old = (Job.state == State.DEAD) & Job.raw.is_null(False) & (Job.raw != ledger.PREVIEW_REMOVED) \
             & (Job.finished_at < before) & (Job.finished_at >= days_ago(now, settings.retain_failed_days))
         count, size = Job.select(fn.COUNT(Job.id), fn.SUM(fn.LENGTH(Job.raw).coerce(False))).where(old) \
             .tuples().first()
@@ -165,13 +166,6 @@ def clean_ledger(report: Report, now: datetime.datetime, settings: config.Settin
 
 
 # -- Redis ---------------------------------------------------------------------------------------------------------
-
-def alive_workers(queue: str, now: datetime.datetime, settings: config.Settings) -> set[str]:
-    """Workers of `queue` that have not stopped and beat recently (3 heartbeats, at least 30 s)."""
-    since = now - datetime.timedelta(seconds=max(3 * settings.heartbeat_seconds, 30.0))
-    return {row[0] for row in WorkerBeat.select(WorkerBeat.id).where(
-        WorkerBeat.queue == queue, WorkerBeat.stopped_at.is_null(), WorkerBeat.last_seen >= since).tuples()}
-
 
 def _glob_escape(text: bytes) -> bytes:
     return re.sub(rb"([*?\[\]\\])", rb"\\\1", text)
@@ -203,7 +197,7 @@ def clean_redis(report: Report, huey: NightshiftHuey, now: datetime.datetime, se
     lock_prefix = f"{huey.name}.lock.".encode()
     sizes_of = conn.register_script(SIZES)
     unlink_checked = conn.register_script(UNLINK_CHECKED)
-    alive = alive_workers(huey.name, now, settings)
+    alive = ledger.alive_worker_ids(huey.name, now, settings)
     wall = time.time()
 
     def handle(keys: list[bytes]) -> None:

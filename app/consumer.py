@@ -21,7 +21,6 @@ from huey.consumer import Consumer, ConsumerStopped, Scheduler, Worker, WorkerRe
 
 import config
 from app import canceling, clock, db, flow, identity, keys, leader, ledger, lifecycle, pausing, recovery
-from app.models import WorkerBeat
 from app.schedule import tick_start
 
 log = logging.getLogger("nightshift.worker")
@@ -101,8 +100,7 @@ class Keeper(threading.Thread):
         fields = dict(host=socket.gethostname(), pid=os.getpid(), queue=self.queue, started_at=self.started_at,
                       last_seen=stamp, rss_bytes=rss_bytes(), jobs_done=identity.jobs_done,
                       current=json.dumps(current), stopped_at=stamp if stopped else None, stop_reason=stopped)
-        WorkerBeat.insert(id=identity.WORKER_ID, **fields).on_conflict(
-            conflict_target=[WorkerBeat.id], update=fields).execute()
+        ledger.record_beat(identity.WORKER_ID, **fields)
 
 
 _keeper: Keeper | None = None

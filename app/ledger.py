@@ -17,7 +17,8 @@ from peewee import fn
 import config
 from app import clock
 from app.db import database
-from app.models import FINISHED, WAITING, Attempt, Job
+from app.models import FINISHED, WAITING, Attempt, Job, WorkerBeat
+from app.states import State
 
 BATCH = 400  # rows per INSERT; keeps under SQLite's and PostgreSQL's parameter limits
 PREVIEW_BYTES = 2048
@@ -100,7 +101,7 @@ def insert_jobs(rows: list[dict], queue: str | None = None) -> None:
     stamp = now()
     for row in rows:
         row["task"] = storable(row["task"], TASK_LENGTH)
-    defaults = {"state": "queued", "created_at": stamp, "updated_at": stamp, "queue": queue or config.get().queue}
+    defaults = {"state": State.QUEUED, "created_at": stamp, "updated_at": stamp, "queue": queue or config.get().queue}
     for field in JOB_FIELDS:
         if field.default is not None and not callable(field.default):
             defaults.setdefault(field.name, field.default)
@@ -139,7 +140,7 @@ def claim(job_id: str, attempt: int, worker: str, lease_seconds: float) -> bool:
     return _run(f'UPDATE "{JOB_TABLE}" SET "state" = {{p}}, "worker" = {{p}}, "started_at" = {{p}}, '
                 f'"finished_at" = NULL, "duration" = NULL, "lease_expires_at" = {{p}}, "updated_at" = {{p}} '
                 f'WHERE "id" = {{p}} AND "attempt" = {{p}} AND "state" IN ({{p}}, {{p}})',
-                ("running", worker, stamp, stamp + datetime.timedelta(seconds=lease_seconds), stamp,
+                (State.RUNNING, worker, stamp, stamp + datetime.timedelta(seconds=lease_seconds), stamp,
                  job_id, attempt, *WAITING)).rowcount == 1
 
 
@@ -155,7 +156,7 @@ def _finish_attempt(job_id: str, attempt: int, outcome: str, stamp: datetime.dat
                 f'ON CONFLICT ("job_id", "number") DO UPDATE SET "worker" = excluded."worker", '
                 f'"started_at" = excluded."started_at", "finished_at" = excluded."finished_at", '
                 f'"duration" = excluded."duration", "outcome" = excluded."outcome", "error" = excluded."error"',
-                (stamp, duration, outcome, storable(error), job_id, attempt, "running")).rowcount == 1
+                (stamp, duration, outcome, storable(error), job_id, attempt, State.RUNNING)).rowcount == 1
 
 
 def mark_succeeded(job_id: str, attempt: int, duration: float, result: str | None) -> bool:
@@ -177,7 +178,7 @@ def mark_retrying(job_id: str, attempt: int, duration: float, error: str, traceb
     with database.atomic():
         if not _finish_attempt(job_id, attempt, "failed", stamp, duration, error):
             return False
-        Job.update(state="retrying", attempt=attempt + 1, eta=eta, retries_left=retries_left,
+        Job.update(state=State.RETRYING, attempt=attempt + 1, eta=eta, retries_left=retries_left,
                    retry_delay=retry_delay, error=error, traceback=traceback, duration=duration,
                    lease_expires_at=None, updated_at=stamp).where(Job.id == job_id).execute()
     return True
@@ -191,7 +192,7 @@ def mark_dead(job_id: str, reason: str, error: str | None = None, traceback: str
     any job that has not finished."""
     stamp = now()
     reason, error, traceback = storable(reason), storable(error), storable(traceback)
-    fields = dict(state="dead", reason=reason, error=error, traceback=traceback, finished_at=stamp,
+    fields = dict(state=State.DEAD, reason=reason, error=error, traceback=traceback, finished_at=stamp,
                   duration=duration, lease_expires_at=None, updated_at=stamp)
     with database.atomic():
         if attempt is not None:
@@ -208,7 +209,7 @@ def requeue(job_id: str, attempt: int, outcome: str, reason: str, lease_lost: bo
     Returns the new attempt number, or None when the attempt was no longer running."""
     stamp = now()
     reason = storable(reason)
-    fields = dict(state="queued", attempt=attempt + 1, worker=None, lease_expires_at=None, reason=reason,
+    fields = dict(state=State.QUEUED, attempt=attempt + 1, worker=None, lease_expires_at=None, reason=reason,
                   eta=None, updated_at=stamp)
     if lease_lost:
         fields["lease_losses"] = Job.lease_losses + 1
@@ -226,7 +227,7 @@ def renew_leases(attempts: Iterable[tuple[str, int]], worker: str, lease_seconds
         return 0
     these = functools.reduce(operator.or_, [(Job.id == job_id) & (Job.attempt == number) for job_id, number in pairs])
     return Job.update(lease_expires_at=now() + datetime.timedelta(seconds=lease_seconds)).where(
-        these, Job.worker == worker, Job.state == "running").execute()
+        these, Job.worker == worker, Job.state == State.RUNNING).execute()
 
 
 LEASE_LOST_PREFIX = "lost its lease"
@@ -241,7 +242,7 @@ def note_lease_lost_alive(job_id: str, attempt: int, note: str) -> bool:
                                                   Attempt.outcome == "lease-lost").execute()
         if noted:
             Job.update(reason=Job.reason.concat(f"; attempt {attempt}: {note}")).where(
-                Job.id == job_id, Job.state == "dead", Job.reason.startswith(LEASE_LOST_PREFIX),
+                Job.id == job_id, Job.state == State.DEAD, Job.reason.startswith(LEASE_LOST_PREFIX),
                 ~Job.reason.contains("worker was alive")).execute()
     return bool(noted)
 
@@ -249,12 +250,12 @@ def note_lease_lost_alive(job_id: str, attempt: int, note: str) -> bool:
 def record_progress(job_id: str, done: float, total: float | None = None, note: str = "") -> None:
     progress = storable(json.dumps({"done": done, "total": total, "note": storable(note, 1000)}, default=str))
     Job.update(progress=progress, updated_at=now()).where(
-        Job.id == job_id, Job.state == "running").execute()
+        Job.id == job_id, Job.state == State.RUNNING).execute()
 
 
 def mark_canceled(job_id: str, reason: str = "canceled by operator") -> bool:
     stamp = now()
-    return bool(Job.update(state="canceled", reason=storable(reason), finished_at=stamp, updated_at=stamp).where(
+    return bool(Job.update(state=State.CANCELED, reason=storable(reason), finished_at=stamp, updated_at=stamp).where(
         Job.id == job_id, Job.state.in_(WAITING)).execute())
 
 
@@ -264,10 +265,10 @@ def cancel_running(job_id: str, reason: str = "canceled by operator while runnin
     stamp = now()
     reason = storable(reason)
     with database.atomic():
-        row = Job.select(Job.attempt).where(Job.id == job_id, Job.state == "running").tuples().first()
+        row = Job.select(Job.attempt).where(Job.id == job_id, Job.state == State.RUNNING).tuples().first()
         if row is None or not _finish_attempt(job_id, row[0], "canceled", stamp, None, reason):
             return None
-        Job.update(state="canceled", reason=reason, finished_at=stamp, lease_expires_at=None,
+        Job.update(state=State.CANCELED, reason=reason, finished_at=stamp, lease_expires_at=None,
                    updated_at=stamp).where(Job.id == job_id).execute()
     return row[0]
 
@@ -278,13 +279,13 @@ def canceled_among(attempts: Iterable[tuple[str, int]]) -> list[tuple[str, int]]
     if not pairs:
         return []
     rows = Job.select(Job.id, Job.attempt).where(Job.id.in_([job_id for job_id, _ in pairs]),
-                                                 Job.state == "canceled").tuples()
+                                                 Job.state == State.CANCELED).tuples()
     return [(job_id, attempt) for job_id, attempt in rows if (job_id, attempt) in pairs]
 
 
 def mark_expired(job_id: str, attempt: int) -> bool:
     stamp = now()
-    return bool(Job.update(state="expired", reason="expired before it could run", finished_at=stamp,
+    return bool(Job.update(state=State.EXPIRED, reason="expired before it could run", finished_at=stamp,
                            updated_at=stamp).where(
         Job.id == job_id, Job.attempt == attempt, Job.state.in_(WAITING)).execute())
 
@@ -296,14 +297,14 @@ def revive(job_id: str, retries_left: int, queue: str | None = None) -> Job | No
     Dead letters that never were a runnable job (poison messages) stay dead."""
     stamp = now()
     with database.atomic():
-        done = Job.update(state="queued", attempt=Job.attempt + 1, retries_left=retries_left, lease_losses=0,
+        done = Job.update(state=State.QUEUED, attempt=Job.attempt + 1, retries_left=retries_left, lease_losses=0,
                           reason="retried by operator", eta=None, finished_at=None, worker=None, updated_at=stamp,
                           queue=fn.COALESCE(Job.queue, queue or config.get().queue)).where(
-            Job.id == job_id, Job.state == "dead", Job.raw.is_null()).execute()
+            Job.id == job_id, Job.state == State.DEAD, Job.raw.is_null()).execute()
         return Job.get_by_id(job_id) if done else None
 
 
-def discard(job_ids: Iterable[str], states: tuple[str, ...] = ("dead",)) -> list[str]:
+def discard(job_ids: Iterable[str], states: tuple[str, ...] = (State.DEAD,)) -> list[str]:
     """Delete jobs (dead ones by default) and their history; returns the ids removed."""
     ids = list(job_ids)
     with database.atomic():
@@ -327,7 +328,7 @@ def record_dead_letter(job_id: Any, task: Any, reason: str, raw: bytes, queue: s
     if not is_storable_id(job_id):
         reason = f"{reason} (message id {storable(repr(job_id), 120)} replaced)"
         job_id = str(uuid.uuid4())
-    Job.insert(id=job_id, task=storable(task, TASK_LENGTH), kwargs="{}", state="dead", reason=storable(reason),
+    Job.insert(id=job_id, task=storable(task, TASK_LENGTH), kwargs="{}", state=State.DEAD, reason=storable(reason),
                raw=preview(raw), created_at=stamp, updated_at=stamp, finished_at=stamp,
                queue=queue or config.get().queue).on_conflict_ignore().execute()
     return job_id
@@ -358,8 +359,8 @@ def fold_refused(job_id: str, attempt: int, flag: str) -> bool:
     letter_id, _, why = flag[len(REFUSED_PREFIX):].partition(": ")
     stamp = now()
     with database.atomic():
-        letter = Job.get_or_none((Job.id == letter_id) & (Job.state == "dead") & Job.raw.is_null(False))
-        done = Job.update(state="dead", reason=storable(f"{why}; not sent again: a refused message never runs by "
+        letter = Job.get_or_none((Job.id == letter_id) & (Job.state == State.DEAD) & Job.raw.is_null(False))
+        done = Job.update(state=State.DEAD, reason=storable(f"{why}; not sent again: a refused message never runs by "
                                                         f"another path"),
                           error=f"refused message: {letter.raw}" if letter else None, finished_at=stamp,
                           lease_expires_at=None, updated_at=stamp).where(
@@ -379,7 +380,7 @@ def mark_refused(job_id: str, queue: str, reason: str, raw: bytes) -> bool:
     if not is_storable_id(job_id):
         return False
     stamp = now()
-    return bool(Job.update(state="dead", reason=storable(reason), error=f"refused message: {preview(raw)}",
+    return bool(Job.update(state=State.DEAD, reason=storable(reason), error=f"refused message: {preview(raw)}",
                            finished_at=stamp, lease_expires_at=None, updated_at=stamp).where(
         Job.id == job_id, Job.state.in_(WAITING), (Job.queue == queue) | Job.queue.is_null()).execute())
 
@@ -463,10 +464,33 @@ def delete_finished(before: datetime.datetime, states: Iterable[str], limit: int
 def drop_previews(before: datetime.datetime, limit: int = 1000) -> tuple[int, int]:
     """Replace the raw-message preview of dead letters older than `before` (at most `limit` of them) with a
     short marker; returns (previews dropped, bytes freed) by this call."""
-    old = (Job.state == "dead") & Job.raw.is_null(False) & (Job.raw != PREVIEW_REMOVED) & (Job.finished_at < before)
+    old = (Job.state == State.DEAD) & Job.raw.is_null(False) & (Job.raw != PREVIEW_REMOVED) & (Job.finished_at < before)
     sizes = dict(Job.select(Job.id, fn.LENGTH(Job.raw).coerce(False)).where(old).limit(limit).tuples())
     if not sizes:
         return 0, 0
     done = [row[0] for row in Job.update(raw=PREVIEW_REMOVED).where(Job.id.in_(list(sizes)), old)
             .returning(Job.id).tuples().execute()]
     return len(done), sum(max(int(sizes[i] or 0) - len(PREVIEW_REMOVED), 0) for i in done)
+
+
+# -- workers -------------------------------------------------------------------------------------------------------
+
+def gone_after(settings: config.Settings) -> float:
+    """The one rule for a live consumer: it has not said goodbye and beat within this many seconds (three
+    heartbeats). Older than that, it is gone (killed, hung or cut off): status, health and cleanup all say so."""
+    return 3 * settings.heartbeat_seconds
+
+
+def alive_worker_ids(queue: str, now: datetime.datetime, settings: config.Settings,
+                     host: str | None = None) -> set[str]:
+    """Ids of the live consumers of `queue` (on `host`, when given)."""
+    since = now - datetime.timedelta(seconds=gone_after(settings))
+    where = (WorkerBeat.queue == queue) & WorkerBeat.stopped_at.is_null() & (WorkerBeat.last_seen >= since)
+    if host:
+        where &= WorkerBeat.host == host
+    return {row[0] for row in WorkerBeat.select(WorkerBeat.id).where(where).tuples()}
+
+
+def record_beat(worker_id: str, **fields: Any) -> None:
+    """A consumer's heartbeat (insert or update its row)."""
+    WorkerBeat.insert(id=worker_id, **fields).on_conflict(conflict_target=[WorkerBeat.id], update=fields).execute()

@@ -18,9 +18,10 @@ from huey.api import Task
 from huey.exceptions import CancelExecution, TaskTimeout
 
 import config
-from app import canceling, catalog, codec, db, events, flow, identity, ledger, monitoring, pausing, recovery, timelimits
+from app import canceling, catalog, codec, db, events, flow, identity, ledger, monitoring, pausing, producer, recovery, timelimits
 from app.codec import BadSignature, PoisonMessage
 from app.queue import NightshiftHuey, UnknownTask, next_retry
+from app.states import State
 
 log = logging.getLogger("nightshift.worker")
 
@@ -89,9 +90,7 @@ def claim(huey: NightshiftHuey, task: Task) -> bool:
 def _hand_back(huey: NightshiftHuey, task: Task, exc: BaseException) -> None:
     """Ends when the ledger answers again; the outage ends at the next recorded claim or outcome."""
     _outage.failed(exc)
-    try:
-        huey.push([task])
-    except Exception:  # noqa: BLE001 - the ledger still holds the job as waiting: recovery sends it again
+    if producer.resubmit([task], huey) is not None:  # the ledger still holds it as waiting: recovery sends it
         log.warning("could not put job %s back on Redis; recovery will send it again", task.id)
     db.wait_until_reachable(_outage)
 
@@ -113,9 +112,9 @@ def _until_recorded(write: Callable[[], bool]) -> bool:
 
 
 def skip_reason(state: str) -> str:
-    if state in ("canceled", "expired", "dead"):
+    if state in (State.CANCELED, State.EXPIRED, State.DEAD):
         return f"the job is {state}"
-    if state in ("queued", "retrying"):
+    if state in (State.QUEUED, State.RETRYING):
         return "stale message: the job waits for a newer attempt"
     return "duplicate delivery: this attempt already ran or is running"
 
@@ -227,9 +226,7 @@ def on_interrupted(huey: NightshiftHuey, task: Task) -> None:
         return
     task.attempt = new_attempt
     task.eta = None
-    try:
-        huey.push([task])
-    except Exception:  # noqa: BLE001 - recovery delivers what the ledger holds as queued
+    if producer.resubmit([task], huey) is not None:  # recovery delivers what the ledger holds as queued
         log.warning("could not put interrupted job %s back on Redis; recovery will", task.id)
     events.emit("requeued", task.id, name, logging.WARNING, attempt=attempt,
                 reason="interrupted by shutdown", next_attempt=new_attempt)

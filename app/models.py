@@ -5,10 +5,8 @@ import peewee
 
 import config
 from app.db import database
+from app.states import FINISHED, STATES, WAITING  # noqa: F401  (re-exported: the models' vocabulary)
 
-STATES = ("queued", "running", "retrying", "succeeded", "dead", "canceled", "expired")
-WAITING = ("queued", "retrying")
-FINISHED = ("succeeded", "dead", "canceled", "expired")
 
 
 def current_queue() -> str:

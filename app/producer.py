@@ -139,15 +139,41 @@ def _submit_with_key(task: Task, key: str, warn: bool = True) -> Submission:
     return _deliver([task], Submission([task.id]), warn)
 
 
-def _deliver(tasks: list[Task], submission: Submission, warn: bool = True) -> Submission:
+RESUBMIT_CHUNK = 1000  # tasks per Redis round trip when putting known jobs (back) on Redis
+
+
+def task_from_row(job: Job) -> Task:
+    """Rebuild the message of a job's current attempt from its ledger row."""
+    task_class = catalog.get_task_class(job.task)
+    task = task_class((), json.loads(job.kwargs), id=job.id, eta=job.eta, retries=job.retries_left,
+                      retry_delay=job.retry_delay, priority=job.priority, timeout=job.timeout)
+    task.attempt = job.attempt
+    return task
+
+
+def resubmit(tasks: Iterable[Task], huey: NightshiftHuey | None = None) -> str | None:
+    """Put jobs the ledger already holds as waiting on Redis (first delivery, recovery, an operator's retry, a
+    job handed back or interrupted), RESUBMIT_CHUNK per round trip. Returns None, or what went wrong when Redis
+    does not answer: the jobs stay waiting in the ledger and recovery delivers them once Redis is back, so the
+    caller has nothing to undo, only to say so."""
+    huey = huey or get_huey()
+    tasks = list(tasks)
     try:
-        get_huey().push(tasks)
-    except redis.RedisError as exc:
+        for start in range(0, len(tasks), RESUBMIT_CHUNK):
+            huey.push(tasks[start:start + RESUBMIT_CHUNK])
+    except (redis.RedisError, OSError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _deliver(tasks: list[Task], submission: Submission, warn: bool = True) -> Submission:
+    error = resubmit(tasks)
+    if error is not None:
         submission.delivered = False
-        submission.delivery_error = str(exc)
+        submission.delivery_error = error
         if warn:
-                log.warning("Redis unreachable (%s): %d job(s) recorded in the ledger and will be delivered by "
-                        "recovery when Redis is back", exc, len(tasks))
+            log.warning("Redis unreachable (%s): %d job(s) recorded in the ledger and will be delivered by "
+                        "recovery when Redis is back", error, len(tasks))
     return submission
 
 

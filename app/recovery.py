@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import json
 import logging
 import re
 import time
@@ -21,10 +20,12 @@ import time
 from huey.api import Task
 
 import config
-from app import catalog, clock, events, keys, ledger
+from app import catalog, clock, events, keys, ledger, producer
+from app.producer import task_from_row
 from app.db import database
 from app.models import WAITING, Job
 from app.queue import NightshiftHuey
+from app.states import State
 
 log = logging.getLogger("nightshift.recovery")
 _ID = re.compile(rb'"id":"([^"]+)"')
@@ -72,15 +73,6 @@ def message_ids(huey: NightshiftHuey) -> set[str]:
     return ids
 
 
-def task_from_row(job: Job) -> Task:
-    """Rebuild the message of a job's current attempt from its ledger row."""
-    task_class = catalog.get_task_class(job.task)
-    task = task_class((), json.loads(job.kwargs), id=job.id, eta=job.eta, retries=job.retries_left,
-                      retry_delay=job.retry_delay, priority=job.priority, timeout=job.timeout)
-    task.attempt = job.attempt
-    return task
-
-
 def _resend(huey: NightshiftHuey, jobs: list[Job], report: Report) -> list[Task]:
     tasks = []
     for job in jobs:
@@ -89,8 +81,10 @@ def _resend(huey: NightshiftHuey, jobs: list[Job], report: Report) -> list[Task]
         except catalog.UnknownTaskName as exc:
             if ledger.mark_dead(job.id, f"cannot recover: {exc}"):
                 report.unknown_task += 1
-    for start in range(0, len(tasks), 1000):
-        huey.push(tasks[start:start + 1000])
+    error = producer.resubmit(tasks, huey)
+    if error is not None:
+        log.warning("recovery could not send %d job(s): Redis unreachable (%s); the next run will", len(tasks), error)
+        return []
     return tasks
 
 
@@ -118,7 +112,7 @@ def recover_expired_leases(huey: NightshiftHuey, report: Report, now: datetime.d
                     "period", waited)
         hold_leases(huey)
         return
-    expired = list(Job.select().where(Job.queue == huey.name, Job.state == "running", Job.lease_expires_at < now))
+    expired = list(Job.select().where(Job.queue == huey.name, Job.state == State.RUNNING, Job.lease_expires_at < now))
     requeued = []
     for job in expired:
         losses = job.lease_losses + 1

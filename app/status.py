@@ -23,14 +23,15 @@ import config
 from app import ledger, pausing
 from app.preflight import check_database, check_redis
 from app.models import WAITING, Job, WorkerBeat
-from app.queue import build_huey
+from app.queue import build_huey, get_huey
+from app.states import State
 from helpers.masking import bound, mask, secret_values
 
 WINDOW_SECONDS = 3600          # per-task figures cover jobs finished in the last hour
 SAMPLE_LIMIT = 5000            # at most this many recent durations feed the percentiles and histograms
 WORKERS_SHOWN_FOR = 3600       # stopped and gone workers stay listed this long after their last heartbeat
 THROUGHPUT_WINDOWS = (1, 5, 15)  # minutes
-PROCESSED = ("succeeded", "dead")  # the outcomes a worker produced: what throughput counts
+PROCESSED = (State.SUCCEEDED, State.DEAD)  # the outcomes a worker produced: what throughput counts
 
 
 def now() -> datetime.datetime:
@@ -49,8 +50,7 @@ def _iso(value: datetime.datetime | None) -> str | None:
 
 
 def gone_after(settings: config.Settings | None = None) -> float:
-    """A consumer whose last heartbeat is older than this is gone (killed, hung or cut off)."""
-    return 3 * (settings or config.get()).heartbeat_seconds
+    return ledger.gone_after(settings or config.get())
 
 
 # -- which queues --------------------------------------------------------------------------------------------------
@@ -90,13 +90,13 @@ def queue_counts(stamp: datetime.datetime, queue: str | None | bool = False) -> 
     future = peewee.Case(None, [(Job.eta > stamp, 1)], 0)
     counts = {"waiting": 0, "scheduled": 0, "running": 0, "retrying": 0, "dead": 0}
     query = (Job.select(Job.state, fn.COUNT(Job.id), fn.SUM(future))
-             .where(mine, Job.state.in_(WAITING + ("running", "dead"))).group_by(Job.state).tuples())
+             .where(mine, Job.state.in_(WAITING + (State.RUNNING, State.DEAD))).group_by(Job.state).tuples())
     for state, total, scheduled in query:
         scheduled = int(scheduled or 0)
         if state in WAITING:
             counts["scheduled"] += scheduled
             counts["waiting"] += total - scheduled
-            if state == "retrying":
+            if state == State.RETRYING:
                 counts["retrying"] += total
         else:
             counts[state] += total
@@ -112,7 +112,6 @@ def redis_counts(huey: Any = None) -> dict:
     """Messages on Redis: due on the queue, and on the schedule. An error is reported, not raised."""
     try:
         if huey is None:
-            from app.queue import get_huey
             huey = get_huey()
         storage = huey.storage
         pipe = storage.conn.pipeline(transaction=False)
@@ -185,9 +184,9 @@ def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
             e[outcome] += int(count or 0)
             e["finished"] += int(count or 0)
     for name, state, count in (Job.select(Job.task, Job.state, fn.COUNT(Job.id))
-                               .where(mine, Job.state.in_(WAITING + ("running",)))
+                               .where(mine, Job.state.in_(WAITING + (State.RUNNING,)))
                                .group_by(Job.task, Job.state).tuples()):
-        entry(name)["running" if state == "running" else "waiting"] += count
+        entry(name)["running" if state == State.RUNNING else "waiting"] += count
     for name, durations in recent_durations(stamp, window, queues=resolve_queues(queues)).items():
         durations.sort()
         e = entry(name)
@@ -197,7 +196,7 @@ def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
         outcomes = e["succeeded"] + e["dead"]
         e["success_rate"] = round(e["succeeded"] / outcomes, 4) if outcomes else None
         row = (Job.select(Job.id, Job.finished_at, Job.attempt, Job.error, Job.reason)
-               .where(mine, Job.state == "dead", Job.task == e["task"])
+               .where(mine, Job.state == State.DEAD, Job.task == e["task"])
                .order_by(Job.finished_at.desc()).limit(1).tuples().first())
         if row:
             job_id, finished, attempt, error, reason = row
@@ -252,7 +251,7 @@ def running_by_worker(worker_ids: list[str]) -> dict[str, list[dict]]:
     if not worker_ids:
         return found
     query = (Job.select(Job.id, Job.task, Job.attempt, Job.started_at, Job.worker)
-             .where(Job.state == "running", Job.worker.in_(worker_ids)).order_by(Job.started_at).tuples())
+             .where(Job.state == State.RUNNING, Job.worker.in_(worker_ids)).order_by(Job.started_at).tuples())
     for job_id, task, attempt, started, worker in query:
         found.setdefault(worker, []).append({"id": job_id, "task": task, "attempt": attempt,
                                              "since": _dt(started).isoformat() if started else None})
@@ -262,11 +261,10 @@ def running_by_worker(worker_ids: list[str]) -> dict[str, list[dict]]:
 def alive_workers(stamp: datetime.datetime, queue: str, settings: config.Settings,
                   host: str | None = None) -> tuple[int, WorkerBeat | None]:
     """(consumers of `queue` with a fresh heartbeat, the most recent beat of any consumer of it)."""
-    fresh = stamp - datetime.timedelta(seconds=gone_after(settings))
+    alive = len(ledger.alive_worker_ids(queue, stamp, settings, host))
     where = (WorkerBeat.queue == queue)
     if host:
         where &= WorkerBeat.host == host
-    alive = WorkerBeat.select().where(where, WorkerBeat.stopped_at.is_null(), WorkerBeat.last_seen >= fresh).count()
     latest = WorkerBeat.select().where(where).order_by(WorkerBeat.last_seen.desc()).first()
     return alive, latest
 

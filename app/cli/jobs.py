@@ -17,6 +17,7 @@ from app.cli.common import (EXIT_FAILED, EXIT_TIMEOUT, chosen_queues, echo_json,
 from app.schema import open_ledger
 from app.models import FINISHED, STATES, Job
 from app.status import resolve_queues
+from app.states import State
 from helpers.masking import mask, mask_text, secret_values
 
 def parse_arg(text: str) -> tuple[str, object, str]:
@@ -136,7 +137,7 @@ def wait_for(job_id: str, timeout: float | None) -> None:
         time.sleep(pause)
         pause = min(pause * 1.5, 0.5)
     job = ledger.get(job_id)
-    if job.state == "succeeded":
+    if job.state == State.SUCCEEDED:
         click.echo(f"succeeded in {job.duration:.3f}s" + (f": {job.result}" if job.result else ""), err=True)
         return
     click.echo(f"{job.state}: {job.reason or ''}" + (f"\n{job.error}" if job.error else ""), err=True)
@@ -159,18 +160,10 @@ def job_dict(job: Job, with_attempts: bool = False) -> dict:
         data["attempts"] = [{"number": a.number, "worker": a.worker, "started_at": iso(a.started_at),
                              "finished_at": iso(a.finished_at), "duration": a.duration, "outcome": a.outcome,
                              "error": a.error} for a in ledger.attempts(job.id)]
-        if job.state == "running":  # the attempt under way gets its history row when it ends
+        if job.state == State.RUNNING:  # the attempt under way gets its history row when it ends
             data["attempts"].append({"number": job.attempt, "worker": job.worker, "started_at": iso(job.started_at),
                                      "finished_at": None, "duration": None, "outcome": None, "error": None})
     return mask(data, secret_values(config.get()))
-
-
-def stored_result(job_id: str):
-    from app.queue import get_huey
-    try:
-        return get_huey().get(job_id, peek=True)
-    except Exception:  # noqa: BLE001 - the ledger's summary is shown instead
-        return None
 
 
 @main.command()
@@ -231,7 +224,7 @@ def last_failed_attempt(error: str | None, attempts: list[dict]) -> int | None:
 def traceback_heading(job: Job, failed: int | None) -> str:
     if failed is None:
         return "traceback:"
-    if job.state == "succeeded":
+    if job.state == State.SUCCEEDED:
         return f"traceback of attempt {failed} (failed; the job succeeded on attempt {job.attempt}):"
     if failed != job.attempt:
         return f"traceback of attempt {failed} (failed; the job is now {job.state} as attempt {job.attempt}):"

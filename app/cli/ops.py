@@ -7,7 +7,7 @@ import click
 from huey.api import Task
 
 import config
-from app import canceling, catalog, events, ledger
+from app import canceling, catalog, events, ledger, producer
 from app.cli.root import main
 from app.cli.common import (EXIT_FAILED, chosen_queues, echo_json, fail, iso, json_option, queue_options,
                              queues_heading, table)
@@ -15,6 +15,7 @@ from app.schema import open_ledger
 from app.models import WAITING, Job
 from app.queue import build_huey, get_huey
 from app.status import resolve_queues
+from app.states import State
 from helpers.masking import mask_text
 
 
@@ -38,7 +39,7 @@ def dead(task, limit, queue_names, all_queues, as_json):
     lease too often, or came as bad messages."""
     queues = chosen_queues(queue_names, all_queues)
     open_ledger()
-    jobs = ledger.list_jobs("dead", task, limit, resolve_queues(queues))
+    jobs = ledger.list_jobs(State.DEAD, task, limit, resolve_queues(queues))
     if as_json:
         from app.cli.jobs import job_dict
         echo_json([job_dict(job) for job in jobs])
@@ -73,8 +74,7 @@ def retry(job_ids, all_, task):
     if all_:
         click.echo(f"nightshift: retrying the dead jobs of {queues_heading(None)}", err=True)
     queue = get_huey().name
-    jobs = _resolve(job_ids) if job_ids else ledger.list_jobs("dead", task, limit=1_000_000, queues=[queue])
-    from app.recovery import task_from_row
+    jobs = _resolve(job_ids) if job_ids else ledger.list_jobs(State.DEAD, task, limit=1_000_000, queues=[queue])
     tasks, refused = [], []
     for job in jobs:
         try:
@@ -87,14 +87,12 @@ def retry(job_ids, all_, task):
             refused.append(f"{job.id}: it is {job.state}" + (" (a bad message, not a job)" if job.raw else "")
                            + ", not a dead job")
             continue
-        tasks.append((revived.queue, task_from_row(revived)))
+        tasks.append((revived.queue, producer.task_from_row(revived)))
         events.emit("retried", job.id, job.task, attempt=revived.attempt, reason="retried by operator")
     if tasks:
-        try:
-            for start in range(0, len(tasks), 1000):
-                push_to_own_queues(tasks[start:start + 1000])
-        except Exception as exc:  # noqa: BLE001 - recorded as queued; recovery delivers
-            click.echo(f"nightshift: Redis is unreachable ({exc}); the jobs are queued in the ledger and will be "
+        error = push_to_own_queues(tasks)
+        if error is not None:
+            click.echo(f"nightshift: Redis is unreachable ({error}); the jobs are queued in the ledger and will be "
                        f"delivered when Redis is back", err=True)
     for line in refused:
         click.echo(f"nightshift: not retried: {line}", err=True)
@@ -103,15 +101,18 @@ def retry(job_ids, all_, task):
         raise SystemExit(EXIT_FAILED)
 
 
-def push_to_own_queues(tasks: list[tuple[str, Task]]) -> None:
+def push_to_own_queues(tasks: list[tuple[str, Task]]) -> str | None:
     """Put revived jobs, (queue, task) pairs, on the queue each belongs to (another service's queue when it
-    shares the ledger)."""
+    shares the ledger); None, or what went wrong with Redis (producer.resubmit)."""
     settings, by_queue = config.get(), {}
     for queue, task in tasks:
         by_queue.setdefault(queue, []).append(task)
     for name, batch in by_queue.items():
         huey = get_huey() if name == settings.queue else build_huey(dataclasses.replace(settings, queue=name))
-        huey.push(batch)
+        error = producer.resubmit(batch, huey)
+        if error is not None:
+            return error
+    return None
 
 
 @main.command()
@@ -142,7 +143,7 @@ def cancel(job_ids):
         if job.state in WAITING and ledger.mark_canceled(job.id):
             canceled += 1  # its message stays on the queue; the worker's claim skips it
             events.emit("canceled", job.id, job.task, attempt=job.attempt)
-        elif job.state == "running" and (attempt := ledger.cancel_running(job.id)) is not None:
+        elif job.state == State.RUNNING and (attempt := ledger.cancel_running(job.id)) is not None:
             canceled += 1
             canceling.publish(get_huey(), job.id)
             events.emit("canceled", job.id, job.task, attempt=attempt, reason="canceled while running")
