@@ -1,0 +1,153 @@
+"""The Huey internals Nightshift relies on (app.queue.HUEY_PRIVATE), pinned: each test fails on a Huey version
+that renames, removes or changes one, so an upgrade is caught here and not in production.
+
+The installed Huey is the one pyproject.toml pins; the tests use it on the test's own Redis namespace."""
+from __future__ import annotations
+
+import datetime
+import inspect
+import signal
+import struct
+
+import pytest
+from huey.api import Huey, Task, TaskLock
+from huey.consumer import Consumer, Scheduler
+from huey.exceptions import CancelExecution, RetryTask
+from huey.registry import Registry
+from huey.storage import RedisPriorityQueue
+
+
+def test_every_private_name_is_listed_with_its_reason():
+    from app.queue import HUEY_PRIVATE
+    assert len(HUEY_PRIVATE) == 11 and all(HUEY_PRIVATE.values())
+
+
+def test_the_registry_keeps_task_classes_by_name_in_a_dict(env):
+    from app.queue import MessageRegistry, get_huey
+    huey = get_huey()
+    assert isinstance(huey._registry, MessageRegistry) and isinstance(Registry()._registry, dict)
+    assert huey.registered()["count_primes"].__name__ == "count_primes"
+
+
+def test_time_limits_go_through_timeout_context_and_the_timeout_handler():
+    source = inspect.getsource(Huey._execute)
+    assert "self._timeout_context(task)" in source
+    assert "_timeout_handler" in inspect.getsource(Huey)
+    huey = Huey("contract", immediate=True)
+    assert hasattr(huey, "_timeout_handler") and hasattr(huey, "_immediate") and huey._immediate is True
+
+
+def test_get_timestamp_is_naive_utc_for_a_utc_huey(env):
+    from app.queue import get_huey
+    stamp = get_huey()._get_timestamp()
+    assert stamp.tzinfo is None
+    utc_now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
+    assert abs((stamp - utc_now).total_seconds()) < 5
+
+
+def test_read_schedule_reads_messages_through_deserialize_all():
+    assert "_deserialize_all" in inspect.getsource(Huey.read_schedule)
+    assert list(inspect.signature(Huey._deserialize_all).parameters) == ["self", "messages"]
+
+
+def test_pre_execute_cancel_execution_means_do_not_run(env):
+    """The claim is a pre-execute hook: CancelExecution there must skip the task, other errors are swallowed."""
+    from app.queue import get_huey
+    source = inspect.getsource(Huey._execute)
+    assert "except CancelExecution:" in source.split("start = time.monotonic()")[0]
+    assert inspect.signature(Huey.pre_execute).parameters.keys() >= {"name"}
+
+
+def test_task_takes_the_keywords_messages_are_built_with():
+    parameters = inspect.signature(Task.__init__).parameters
+    for name in ("args", "kwargs", "id", "eta", "retries", "retry_delay", "priority", "expires", "on_complete",
+                 "on_error", "expires_resolved", "timeout", "chord_config", "retry_backoff"):
+        assert name in parameters, name
+
+
+@pytest.mark.parametrize("exc, delay, backoff", [
+    (ValueError("boom"), 0, None), (ValueError("boom"), 3, None), (ValueError("boom"), 2, 2.0),
+    (RetryTask(delay=7), 2, 2.0), (RetryTask(), 4, None),
+])
+def test_next_retry_mirrors_what_huey_requeue_task_does(env, exc, delay, backoff):
+    """queue.next_retry must give the ETA and next delay Huey's own _requeue_task will use."""
+    from app.queue import get_huey, next_retry
+    huey = get_huey()
+    task = huey.registered()["count_primes"]((), {"limit": 10}, retries=2, retry_delay=delay, retry_backoff=backoff)
+    now = huey._get_timestamp()
+    eta, next_delay = next_retry(task, exc, now)
+    retry_eta = None
+    if isinstance(exc, RetryTask) and (exc.eta or exc.delay is not None):
+        retry_eta = eta  # Huey._execute computes it from the exception with normalize_time, as next_retry does
+    huey._requeue_task(task, now, retry_eta)
+    assert task.retries == 1
+    if eta is None:
+        assert task.eta is None and huey.pending_count() == 1
+    else:
+        assert abs((task.eta - eta).total_seconds()) < 1
+        assert huey.scheduled_count() == 1
+    if not isinstance(exc, RetryTask):
+        assert (task.retry_delay or 0) == next_delay
+
+
+def test_push_writes_the_priority_queue_layout_huey_reads(env):
+    """queue.push writes many tasks with one ZADD in RedisPriorityQueue's layout; Huey dequeues them in
+    priority order, then submission order, and Huey's own enqueue writes the same layout."""
+    from app.queue import get_huey
+    huey = get_huey()
+    assert isinstance(huey.storage, RedisPriorityQueue)
+    cls = huey.registered()["count_primes"]
+    tasks = [cls((), {"limit": n}, priority=p) for n, p in ((1, 0), (2, 5), (3, 0), (4, 5))]
+    for t in tasks:
+        t.attempt = 1
+    huey.push(tasks)
+    order = [huey.dequeue().kwargs["limit"] for _ in tasks]
+    assert order == [2, 4, 1, 3]
+    huey.storage.enqueue(b"x", priority=3)
+    member, score = huey.storage.conn.zrange(huey.storage.queue_key, 0, -1, withscores=True)[0]
+    assert len(member) == struct.calcsize(">Q") + 1 and score == -3
+    huey.storage.conn.delete(huey.storage.queue_key)
+
+
+def test_task_lock_fields_and_key(env):
+    from app.queue import HolderLock, get_huey
+    huey = get_huey()
+    lock = TaskLock(huey, "contract", 5)
+    assert (lock._huey, lock._name, lock._ttl) == (huey, "contract", 5)
+    assert lock._key == f"{huey.name}.lock.contract"
+    holder = huey.lock_task("contract-holder", 5)
+    assert isinstance(holder, HolderLock)
+    with holder:
+        assert huey.storage.conn.exists(huey.storage.result_prefix + f"{huey.name}.lock.contract-holder".encode())
+
+
+def test_consumer_signal_actions_and_restart_fields(env):
+    from app.queue import get_huey
+    consumer = Consumer(get_huey(), workers=1)
+    assert set(consumer._signal_actions) >= {signal.SIGINT, signal.SIGTERM}
+    assert all(isinstance(v, tuple) and len(v) == 2 for v in consumer._signal_actions.values())
+    assert consumer._signum is None and consumer._restart is False and isinstance(consumer._graceful, bool)
+    assert "self._restart" in inspect.getsource(Consumer.run)
+
+
+def test_scheduler_next_periodic_decides_when_periodic_tasks_are_enqueued(env):
+    from app.queue import get_huey
+    scheduler = Scheduler(get_huey(), None, 1, True)
+    assert isinstance(scheduler._next_periodic, float)
+    loop = inspect.getsource(Scheduler.loop)
+    assert "self._next_periodic <= time.monotonic()" in loop and "self.enqueue_periodic_tasks(now)" in loop
+
+
+def test_cancel_execution_from_pre_execute_skips_the_task(env):
+    """Behaviour, not just source: a task whose pre-execute hook raises CancelExecution does not run."""
+    from app.queue import get_huey
+    huey = get_huey()
+    ran = []
+    cls = huey.registered()["count_primes"]
+    task = cls((), {"limit": 10})
+    task.execute = lambda: ran.append(1)
+    huey.pre_execute("contract_skip")(lambda t: (_ for _ in ()).throw(CancelExecution(retry=False)))
+    try:
+        assert huey.execute(task) is None and ran == []
+    finally:
+        huey.unregister_pre_execute("contract_skip")
