@@ -154,6 +154,25 @@ def add_missing_columns(db: peewee.Database, models: list) -> list[str]:
     return added
 
 
+def add_missing_indexes(db: peewee.Database, models: list) -> list[str]:
+    """Indexes a newer version declares on a table that an older version created (CREATE INDEX IF NOT EXISTS,
+    so a process racing this one is harmless); returns the names of the ones created. On a big ledger this
+    takes a while once (seconds per million rows), which is why it is logged."""
+    added = []
+    for model in models:
+        table = model._meta.table_name
+        if not db.table_exists(table):
+            continue
+        present = {index.name for index in db.get_indexes(table)}
+        for index in model._meta.fields_to_index():
+            if index._name in present:
+                continue
+            log.info("ledger upgrade: creating index %s on %s", index._name, table)
+            db.execute(model._schema._create_index(index, safe=True))
+            added.append(index._name)
+    return added
+
+
 _inherited: list[Any] = []
 
 

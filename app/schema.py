@@ -9,7 +9,7 @@ import logging
 
 import peewee
 
-from app.db import add_missing_columns
+from app.db import add_missing_columns, add_missing_indexes
 from app.models import ALL, Job, WorkerBeat
 
 log = logging.getLogger("nightshift.ledger")
@@ -27,16 +27,23 @@ def create(db: peewee.Database) -> None:
 
 
 def upgrade(db: peewee.Database) -> None:
-    """Add the columns this version needs to tables an older version made (db.add_missing_columns), and give
-    the jobs written before `nightshift_job.queue` existed their queue where it can be known."""
+    """Add the tables, columns and indexes this version needs to a ledger an older version made
+    (db.add_missing_columns, db.add_missing_indexes), and give the jobs written before `nightshift_job.queue`
+    existed their queue where it can be known."""
+    missing = [model for model in ALL if not db.table_exists(model._meta.table_name)]
+    if missing:  # a table this version added (the audit trail): created whole, with its indexes
+        db.create_tables(missing, safe=True)
     try:
         added = add_missing_columns(db, ALL)
     except peewee.DatabaseError:  # another process added them first: what it added is there now
         if add_missing_columns(db, ALL):
             raise
         return
+    try:
+        add_missing_indexes(db, ALL)
+    except peewee.DatabaseError:  # another process is creating the same index: it will be there
+        log.info("ledger upgrade: another process is creating the same indexes")
     if f"{Job._meta.table_name}.queue" in added:
-        Job._schema.create_indexes(safe=True)
         adopt_old_jobs()
 
 

@@ -1,19 +1,15 @@
 """Dead-letter and queue operations: dead, retry, discard, cancel."""
 from __future__ import annotations
 
-import dataclasses
-
 import click
-from huey.api import Task
 
-import config
-from app import canceling, catalog, events, ledger
+from app import ledger, operations
 from app.cli import main
 from app.cli.common import (EXIT_FAILED, chosen_queues, echo_json, fail, iso, json_option, queue_options,
                              queues_heading, table)
 from app.db import init as init_db
-from app.models import WAITING, Job
-from app.queue import build_huey, get_huey
+from app.models import Job
+from app.queue import get_huey
 from app.status import resolve_queues
 from helpers.masking import mask_text
 
@@ -74,44 +70,15 @@ def retry(job_ids, all_, task):
         click.echo(f"nightshift: retrying the dead jobs of {queues_heading(None)}", err=True)
     queue = get_huey().name
     jobs = _resolve(job_ids) if job_ids else ledger.list_jobs("dead", task, limit=1_000_000, queues=[queue])
-    from app.recovery import task_from_row
-    tasks, refused = [], []
-    for job in jobs:
-        try:
-            task_class = catalog.get_task_class(job.task)
-        except catalog.UnknownTaskName as exc:
-            refused.append(f"{job.id}: {exc}")
-            continue
-        revived = ledger.revive(job.id, task_class.default_retries or 0, queue)
-        if revived is None:
-            refused.append(f"{job.id}: it is {job.state}" + (" (a bad message, not a job)" if job.raw else "")
-                           + ", not a dead job")
-            continue
-        tasks.append((revived.queue, task_from_row(revived)))
-        events.emit("retried", job.id, job.task, attempt=revived.attempt, reason="retried by operator")
-    if tasks:
-        try:
-            for start in range(0, len(tasks), 1000):
-                push_to_own_queues(tasks[start:start + 1000])
-        except Exception as exc:  # noqa: BLE001 - recorded as queued; recovery delivers
-            click.echo(f"nightshift: Redis is unreachable ({exc}); the jobs are queued in the ledger and will be "
-                       f"delivered when Redis is back", err=True)
-    for line in refused:
-        click.echo(f"nightshift: not retried: {line}", err=True)
-    click.echo(f"retried {len(tasks)} job(s)")
-    if refused:
+    outcome = operations.retry(jobs, operations.local_operator(), queue)
+    if outcome.delivery_error:
+        click.echo(f"nightshift: Redis is unreachable ({outcome.delivery_error}); the jobs are queued in the ledger "
+                   f"and will be delivered when Redis is back", err=True)
+    for job_id, why in outcome.refused:
+        click.echo(f"nightshift: not retried: {job_id}: {why}", err=True)
+    click.echo(f"retried {len(outcome.done)} job(s)")
+    if outcome.refused:
         raise SystemExit(EXIT_FAILED)
-
-
-def push_to_own_queues(tasks: list[tuple[str, Task]]) -> None:
-    """Put revived jobs, (queue, task) pairs, on the queue each belongs to (another service's queue when it
-    shares the ledger)."""
-    settings, by_queue = config.get(), {}
-    for queue, task in tasks:
-        by_queue.setdefault(queue, []).append(task)
-    for name, batch in by_queue.items():
-        huey = get_huey() if name == settings.queue else build_huey(dataclasses.replace(settings, queue=name))
-        huey.push(batch)
 
 
 @main.command()
@@ -120,14 +87,11 @@ def discard(job_ids):
     """Remove dead jobs from the ledger for good."""
     init_db()
     jobs = _resolve(job_ids)
-    removed = set(ledger.discard([job.id for job in jobs]))
-    for job in jobs:
-        if job.id in removed:
-            get_huey().delete(job.id)  # a stored result, if any
-        else:
-            click.echo(f"nightshift: not discarded: {job.id} is {job.state}, not dead", err=True)
-    click.echo(f"discarded {len(removed)} job(s)")
-    if len(removed) < len(jobs):
+    outcome = operations.discard(jobs, operations.local_operator())
+    for job_id, why in outcome.refused:
+        click.echo(f"nightshift: not discarded: {job_id} {why.removeprefix('it ')}", err=True)
+    click.echo(f"discarded {len(outcome.done)} job(s)")
+    if outcome.refused:
         raise SystemExit(EXIT_FAILED)
 
 
@@ -137,17 +101,9 @@ def cancel(job_ids):
     """Cancel jobs: queued or scheduled ones will not run; running ones are stopped (app.canceling)."""
     init_db()
     jobs = _resolve(job_ids)
-    canceled = 0
-    for job in jobs:
-        if job.state in WAITING and ledger.mark_canceled(job.id):
-            canceled += 1  # its message stays on the queue; the worker's claim skips it
-            events.emit("canceled", job.id, job.task, attempt=job.attempt)
-        elif job.state == "running" and (attempt := ledger.cancel_running(job.id)) is not None:
-            canceled += 1
-            canceling.publish(get_huey(), job.id)
-            events.emit("canceled", job.id, job.task, attempt=attempt, reason="canceled while running")
-        else:
-            click.echo(f"nightshift: not canceled: {job.id} is {ledger.state_of(job.id)}", err=True)
-    click.echo(f"canceled {canceled} job(s)")
-    if canceled < len(jobs):
+    outcome = operations.cancel(jobs, operations.local_operator())
+    for job_id, why in outcome.refused:
+        click.echo(f"nightshift: not canceled: {job_id} {why.removeprefix('it ')}", err=True)
+    click.echo(f"canceled {len(outcome.done)} job(s)")
+    if outcome.refused:
         raise SystemExit(EXIT_FAILED)
