@@ -304,6 +304,31 @@ def snapshot(settings: config.Settings | None = None, window: float = WINDOW_SEC
     }, secret_values(settings))
 
 
+# -- schedule ------------------------------------------------------------------------------------------------------
+
+def schedule_rows(tick: int | None = None) -> list[dict]:
+    """Each periodic task of the loaded catalog: its schedule in words and cron form, time zone, next run, and
+    its last run (the newest job of the task, one index seek each) with its outcome."""
+    from huey.api import PeriodicTask
+
+    from app import catalog
+    from app import schedule as sched
+    tick = tick or config.get().tick_seconds
+    classes = {name: cls for name, cls in catalog.task_classes().items() if issubclass(cls, PeriodicTask)}
+    rows = []
+    for name in sorted(classes):
+        cls = classes[name]
+        job = Job.select().where(Job.task == name).order_by(Job.created_at.desc(), Job.id.desc()).first()
+        rows.append({
+            "task": name, "schedule": sched.words_of(cls), "cron": sched.spec_of(cls), "tz": sched.zone_of(cls),
+            "next_run": _iso(sched.next_run(cls, tick=tick)),
+            "last_run": _iso(job.created_at) if job else None, "last_job": job.id if job else None,
+            "last_outcome": job.state if job else None,
+            "last_finished_at": _iso(job.finished_at) if job else None,
+        })
+    return rows
+
+
 # -- health --------------------------------------------------------------------------------------------------------
 
 def health(settings: config.Settings | None = None, this_host: bool = False) -> tuple[bool, str]:

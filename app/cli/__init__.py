@@ -12,4 +12,4 @@ def main() -> None:
     """Nightshift: submit background jobs, run the worker, and operate the queue."""
 
 
-from app.cli import jobs, maintenance, monitor, ops, queues, service  # noqa: E402,F401  (commands register on `main`)
+from app.cli import jobs, maintenance, monitor, ops, queues, service, web  # noqa: E402,F401  (commands register on `main`)

@@ -1,0 +1,327 @@
+"""What the console reads from the ledger, with a bound on the work of every request.
+
+Job lists are newest first and paged by key, (created_at, id), never by OFFSET: a page starts where the last one
+ended with an index seek, so page 10,000 costs what page 1 does. The query walks one ordered index -- the one of
+the state filter when there is one (`state, created_at, id`), else the task filter's (`task, created_at, id`),
+else all jobs' (`created_at, id`) -- and the other filters (queue, the second of state and task, argument text)
+are applied to the rows it reads, in chunks, up to SCAN_BUDGET rows per request. A page whose filters match
+rarely therefore ends early with a cursor to go on from ("no more matches among the next N jobs"), instead of
+one request reading millions of rows. Ids and idempotency keys are found by their own indexes.
+
+Every figure and job shown goes through helpers.masking like the logs (app.jobview).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import re
+from typing import Any
+
+import peewee
+from peewee import fn
+
+import config
+from app import backlog, ledger, operations, pausing, status
+from app.db import database
+from app.jobview import iso, job_dict, last_failed_attempt
+from app.models import STATES, WAITING, Job, QueueState, WorkerBeat
+from helpers.masking import bound, mask, secret_values
+
+PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+CHUNK = 500            # rows read per statement when filtering on the fly
+SCAN_BUDGET = 20_000   # rows one request reads at most when filtering on the fly
+CHART_HOURS = 12
+NO_QUEUE = status.NO_QUEUE_NAME  # "(none)": jobs from before the ledger recorded queues
+LIST_COLUMNS = (Job.id, Job.task, Job.queue, Job.state, Job.attempt, Job.created_at, Job.finished_at,
+                Job.duration, Job.kwargs)
+ID_PREFIX = re.compile(r"^[0-9a-f]{4,8}$")
+FULL_ID = re.compile(r"^[0-9a-fA-F-]{36}$")
+
+
+def _dt(value: Any) -> datetime.datetime | None:
+    return status._dt(value)
+
+
+def now() -> datetime.datetime:
+    return ledger.now()
+
+
+# -- queues ----------------------------------------------------------------------------------------------------
+
+def queue_names() -> list[str | None]:
+    """Every queue with jobs, consumers or a pause record, without reading every job: a loose index scan
+    (the next queue name after the last one, by the queue index), then whether any job has no queue."""
+    table = Job._meta.table_name
+    rows = database.obj.execute_sql(
+        f'WITH RECURSIVE q(name) AS (SELECT MIN("queue") FROM "{table}" UNION ALL '
+        f'SELECT (SELECT MIN("queue") FROM "{table}" WHERE "queue" > q.name) FROM q WHERE q.name IS NOT NULL) '
+        f'SELECT name FROM q WHERE name IS NOT NULL').fetchall()
+    names: set[str | None] = {row[0] for row in rows}
+    names |= {row[0] for row in WorkerBeat.select(WorkerBeat.queue).distinct().tuples()}
+    names |= {row[0] for row in QueueState.select(QueueState.name).tuples()}
+    names.add(config.get().queue)
+    if Job.select(Job.id).where(Job.queue.is_null()).limit(1).tuples().first():
+        names.add(None)
+    return sorted(names, key=lambda name: (name is None, name or ""))
+
+
+def queue_param(value: str) -> str | None:
+    """A queue filter as given in a URL: "(none)" means jobs without a queue."""
+    return None if value == NO_QUEUE else value
+
+
+# -- overview --------------------------------------------------------------------------------------------------
+
+def hourly(stamp: datetime.datetime, hours: int = CHART_HOURS) -> dict[str | None, list[dict]]:
+    """Per queue, per hour of the last `hours` (oldest first): jobs that succeeded and that went dead, in one
+    range scan of the finished_at index."""
+    end = stamp.replace(minute=0, second=0, microsecond=0) + datetime.timedelta(hours=1)
+    starts = [end - datetime.timedelta(hours=hours - i) for i in range(hours)]
+    columns = []
+    for start in starts:
+        inside = (Job.finished_at >= start) & (Job.finished_at < start + datetime.timedelta(hours=1))
+        columns.append(fn.SUM(peewee.Case(None, [(inside & (Job.state == "succeeded"), 1)], 0)))
+        columns.append(fn.SUM(peewee.Case(None, [(inside & (Job.state == "dead"), 1)], 0)))
+    query = (Job.select(Job.queue, *columns).where(Job.finished_at >= starts[0])
+             .group_by(Job.queue).tuples())
+    charts: dict[str | None, list[dict]] = {}
+    for queue, *sums in query:
+        series = []
+        for i, start in enumerate(starts):
+            ok, dead = int(sums[2 * i] or 0), int(sums[2 * i + 1] or 0)
+            series.append({"hour": iso(start), "succeeded": ok, "dead": dead, "total": ok + dead,
+                           "failure_rate": round(dead / (ok + dead), 4) if ok + dead else None})
+        charts[queue] = series
+    empty = [{"hour": iso(start), "succeeded": 0, "dead": 0, "total": 0, "failure_rate": None} for start in starts]
+    charts.setdefault("__empty__", empty)
+    return charts
+
+
+def oldest_waiting(queue: str | None, stamp: datetime.datetime) -> str | None:
+    """The id of the job of `queue` that has waited longest among those due now."""
+    row = (Job.select(Job.id).where(ledger.in_queues([queue]), Job.state.in_(WAITING),
+                                    Job.eta.is_null() | (Job.eta <= stamp))
+           .order_by(fn.COALESCE(Job.eta, Job.updated_at)).limit(1).tuples().first())
+    return row[0] if row else None
+
+
+def overview(settings: config.Settings | None = None) -> dict:
+    """Each queue's counts, oldest waiting job, hourly throughput and failure rate, paused state and open
+    backlog alerts; the workers of every queue; the latest operator actions. Plain JSON-able data, masked."""
+    settings = settings or config.get()
+    stamp = now()
+    charts = hourly(stamp)
+    queues = []
+    for name in queue_names():
+        counts = status.queue_counts(stamp, name)
+        row = {"name": NO_QUEUE if name is None else name, "paused": False, "alerts": {}, "alerts_error": "", **counts,
+               "oldest_waiting_job": oldest_waiting(name, stamp) if counts["oldest_waiting_since"] else None,
+               "hourly": charts.get(name, charts["__empty__"])}
+        if name is not None:
+            row["paused"] = pausing.is_paused_in_ledger(name)
+            try:
+                row["alerts"] = backlog.incidents(operations.huey_of(name))
+            except Exception as exc:  # noqa: BLE001 - the ledger's figures still show when Redis is down
+                row["alerts_error"] = f"Redis: {type(exc).__name__}: {exc}"
+        queues.append(row)
+    workers = [w for name in queue_names() if name is not None for w in status.workers(stamp, name, settings)]
+    actions = [{"at": iso(a.at), "action": a.action, "target": a.target, "who": a.who, "detail": a.detail}
+               for a in ledger.actions(limit=10)]
+    return mask({"generated_at": iso(stamp), "queues": queues, "workers": workers,
+                 "gone_after_seconds": status.gone_after(settings), "chart_hours": CHART_HOURS,
+                 "actions": actions}, secret_values(settings))
+
+
+# -- job lists -------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Filters:
+    """What a job list shows: all of them optional."""
+    queue: str = ""        # "" every queue; "(none)": jobs without one
+    state: str = ""
+    task: str = ""
+    q: str = ""            # a job id (or its first 4-8 characters), an idempotency key, or argument text
+
+    @classmethod
+    def from_query(cls, query: dict[str, str]) -> "Filters":
+        state = query.get("state", "").strip()
+        return cls(queue=query.get("queue", "").strip(), state=state if state in STATES else "",
+                   task=query.get("task", "").strip()[:Job.task.max_length], q=query.get("q", "").strip()[:200])
+
+    def as_query(self) -> dict[str, str]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v}
+
+    def __bool__(self) -> bool:
+        return any(dataclasses.asdict(self).values())
+
+
+@dataclasses.dataclass
+class Page:
+    jobs: list[dict]
+    next: str | None        # cursor of the next (older) page, None at the end
+    scanned: int            # rows read to make it
+    partial: bool = False   # the scan budget ended it before it was full
+    found_by: str = ""      # "id", "key" or "" (a list)
+
+
+def encode_cursor(created_at: Any, job_id: str) -> str:
+    value = _dt(created_at)
+    return f"{value.isoformat(timespec='microseconds')}~{job_id}"
+
+
+def decode_cursor(text: str | None) -> tuple[datetime.datetime, str] | None:
+    if not text:
+        return None
+    stamp, sep, job_id = text.partition("~")
+    try:
+        return (datetime.datetime.fromisoformat(stamp), job_id) if sep and job_id else None
+    except ValueError:
+        return None
+
+
+def _row_dict(row: tuple, secrets: list[str]) -> dict:
+    job_id, task, queue, state, attempt, created, finished, duration, kwargs = row
+    try:
+        args = json.loads(kwargs or "{}")
+    except ValueError:
+        args = kwargs
+    return {"id": job_id, "task": task, "queue": queue, "state": state, "attempt": attempt,
+            "created_at": iso(_dt(created)), "finished_at": iso(_dt(finished)), "duration": duration,
+            "args": bound(mask(args, secrets), 200)}
+
+
+def _by_id_or_key(q: str) -> tuple[list[tuple], str]:
+    """Jobs whose id is `q`, whose id starts with `q` (4-8 hex characters, as lists print them), or whose
+    idempotency key is `q`; each by its own index."""
+    if FULL_ID.match(q):
+        rows = list(Job.select(*LIST_COLUMNS).where(Job.id == q.lower()).tuples())
+        if rows:
+            return rows, "id"
+    if ID_PREFIX.match(q):
+        end = q[:-1] + chr(ord(q[-1]) + 1)
+        rows = list(Job.select(*LIST_COLUMNS).where(Job.id >= q, Job.id < end)
+                    .order_by(Job.id).limit(MAX_PAGE_SIZE).tuples())
+        if rows:
+            return rows, "id"
+    rows = list(Job.select(*LIST_COLUMNS).where(Job.key == q).tuples())
+    return rows, "key" if rows else ""
+
+
+def _matches(row: tuple, filters: Filters, skip: str) -> bool:
+    job_id, task, queue, state = row[0], row[1], row[2], row[3]
+    if filters.queue and skip != "queue" and queue != queue_param(filters.queue):
+        return False
+    if filters.state and skip != "state" and state != filters.state:
+        return False
+    if filters.task and skip != "task" and task != filters.task:
+        return False
+    if filters.q and filters.q.lower() not in (row[8] or "").lower():
+        return False
+    return True
+
+
+def job_page(filters: Filters, before: str | None = None, limit: int = PAGE_SIZE) -> Page:
+    """One page of the jobs `filters` show, newest first, starting after cursor `before`."""
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    secrets = secret_values(config.get())
+    if filters.q:
+        rows, found_by = _by_id_or_key(filters.q)
+        if found_by:
+            rows = [r for r in rows if _matches(r, dataclasses.replace(filters, q=""), "")]
+            return Page([_row_dict(r, secrets) for r in rows], None, len(rows), found_by=found_by)
+    if filters.state:
+        driver, skip = Job.state == filters.state, "state"
+    elif filters.task:
+        driver, skip = Job.task == filters.task, "task"
+    else:
+        driver, skip = None, ""
+    on_the_fly = bool(filters.q) or bool(filters.queue) or (filters.state and filters.task)
+    cursor = decode_cursor(before)
+    found: list[tuple] = []
+    scanned = 0
+    exhausted = False
+    last: tuple | None = None
+    while len(found) <= limit:
+        query = Job.select(*LIST_COLUMNS)
+        if driver is not None:
+            query = query.where(driver)
+        if cursor is not None:
+            query = query.where(peewee.Tuple(Job.created_at, Job.id) < peewee.Tuple(*cursor))
+        want = limit + 1 - len(found) if not on_the_fly else min(CHUNK, SCAN_BUDGET - scanned)
+        chunk = list(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(want).tuples())
+        scanned += len(chunk)
+        for row in chunk:
+            last = row
+            if not on_the_fly or _matches(row, filters, skip):
+                found.append(row)
+                if len(found) > limit:
+                    break
+        if len(chunk) < want:
+            exhausted = True
+            break
+        if last is not None:
+            cursor = (_dt(last[5]), last[0])
+        if not on_the_fly or scanned >= SCAN_BUDGET:
+            break
+    jobs = [_row_dict(r, secrets) for r in found[:limit]]
+    if len(found) > limit:
+        return Page(jobs, encode_cursor(found[limit - 1][5], found[limit - 1][0]), scanned)
+    if not exhausted and last is not None:  # the budget ran out: go on from the last row read
+        return Page(jobs, encode_cursor(last[5], last[0]), scanned, partial=True)
+    return Page(jobs, None, scanned)
+
+
+def matching_ids(filters: Filters, cap: int) -> tuple[list[str], bool]:
+    """The ids of (at most `cap`) jobs a filter shows, for a bulk action; True when the cap cut it."""
+    ids: list[str] = []
+    before = None
+    while True:
+        page = job_page(filters, before, MAX_PAGE_SIZE)
+        ids.extend(job["id"] for job in page.jobs)
+        if len(ids) >= cap:
+            return ids[:cap], True
+        if page.next is None:
+            return ids, False
+        before = page.next
+
+
+# -- one job ---------------------------------------------------------------------------------------------------
+
+def job_detail(job_id: str) -> dict | None:
+    """A job with its attempts on a timeline (offsets and widths in per cent of the job's life so far), where
+    its last traceback belongs, its progress, and the operator actions taken on it."""
+    job = ledger.get(job_id)
+    if job is None:
+        return None
+    data = job_dict(job, with_attempts=True)
+    data["failed_attempt"] = last_failed_attempt(data["error"], data["attempts"])
+    stamp = now()
+    start = job.created_at
+    spans = []
+    for a in data["attempts"]:
+        began = _dt(a["started_at"].rstrip("Z")) if a["started_at"] else None
+        ended = _dt(a["finished_at"].rstrip("Z")) if a["finished_at"] else stamp
+        if began is not None:
+            spans.append((a, began, ended))
+    end = max([ended for _, _, ended in spans] + [job.finished_at or start, start + datetime.timedelta(seconds=1)])
+    total = max((end - start).total_seconds(), 1e-6)
+    for a, began, ended in spans:
+        a["offset_pct"] = round(max((began - start).total_seconds(), 0) / total * 100, 2)
+        a["width_pct"] = round(max((ended - began).total_seconds() / total * 100, 0.5), 2)
+        a["running"] = a["finished_at"] is None
+    data["timeline_seconds"] = round(total, 3)
+    progress = data.get("progress")
+    if isinstance(progress, dict):
+        done, total_ = progress.get("done"), progress.get("total")
+        if isinstance(done, (int, float)) and isinstance(total_, (int, float)) and total_ > 0:
+            progress["percent"] = round(min(max(done / total_ * 100, 0), 100), 1)
+    data["actions"] = [{"at": iso(a.at), "action": a.action, "who": a.who, "detail": a.detail}
+                       for a in ledger.actions(target=job.id, limit=50)]
+    return mask(data, secret_values(config.get()))
+
+
+def schedule() -> list[dict]:
+    """The periodic tasks with their cron, time zone, next run and last outcome (app.status)."""
+    return mask(status.schedule_rows(), secret_values(config.get()))
