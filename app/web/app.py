@@ -164,13 +164,13 @@ class Console:
     def error(self, request: Request, status: int, message: str, api: bool) -> Response:
         if api:
             return json_response({"error": message}, status)
-        return self.render(request, "error.html", {"status": status, "message": message}, status)
+        return self.render(request, "error.html", {"status": status, "error": message}, status)
 
     # -- rendering -------------------------------------------------------------------------------------------
 
     def render(self, request: Request, name: str, context: dict, status: int = 200) -> Response:
         browser, new = self.guard.browser_id(request)
-        context = dict(context, csrf=self.guard.csrf_token(browser), readonly=self.readonly,
+        context = dict({"message": ""}, **context, csrf=self.guard.csrf_token(browser), readonly=self.readonly,
                        auth=self.guard.required, path=request.path, queue_default=self.settings.queue)
         response = Response(self.templates.get_template(name).render(**context), status)
         if new:
