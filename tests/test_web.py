@@ -219,7 +219,7 @@ def test_job_list_pages_by_key_through_ties_and_filters(env, client, monkeypatch
 
     # A filter that is applied on the fly ends a page at the scan budget, with a cursor that goes on from there.
     monkeypatch.setattr(queries, "SCAN_BUDGET", 40)
-    monkeypatch.setattr(queries, "CHUNK", 20)
+    monkeypatch.setattr(queries, "WINDOW", 20)
     target = sorted(rows, key=lambda r: r["id"])[5]["id"]  # far down the newest-first order
     found, before, pages = [], None, 0
     while True:

@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 STATIC = os.path.join(HERE, "static")
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
+SQLITE_CACHE_KIB = 512  # per connection of the console's (see create_app)
 BULK_CAP = 10_000   # jobs one bulk retry or discard acts on at most (the confirmation says so)
 SECURITY_HEADERS = [
     ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -437,6 +438,10 @@ def create_app(settings: config.Settings | None = None) -> Console:
     """The console as a WSGI application on the ledger and Redis of `settings` (default: the environment);
     the task catalog is loaded so the console can check submitted jobs and show periodic tasks."""
     settings = settings or config.get()
-    init_db(settings.database_url)
+    database = init_db(settings.database_url)
+    if isinstance(database, peewee.SqliteDatabase):
+        # Each server thread's connection keeps its own page cache (2 MB by default); the console reads by index
+        # and leaves the rest to the OS's file cache, so a small one keeps the process small.
+        database.pragma("cache_size", -SQLITE_CACHE_KIB, permanent=True)
     catalog.load_task_modules()
     return Console(settings)

@@ -4,7 +4,7 @@ Job lists are newest first and paged by key, (created_at, id), never by OFFSET: 
 ended with an index seek, so page 10,000 costs what page 1 does. The query walks one ordered index -- the one of
 the state filter when there is one (`state, created_at, id`), else the task filter's (`task, created_at, id`),
 else all jobs' (`created_at, id`) -- and the other filters (queue, the second of state and task, argument text)
-are applied to the rows it reads, in chunks, up to SCAN_BUDGET rows per request. A page whose filters match
+are applied in SQL to windows of WINDOW rows read along it, up to SCAN_BUDGET rows per request. A page whose filters match
 rarely therefore ends early with a cursor to go on from ("no more matches among the next N jobs"), instead of
 one request reading millions of rows. Ids and idempotency keys are found by their own indexes.
 
@@ -30,8 +30,8 @@ from helpers.masking import bound, mask, secret_values
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
-CHUNK = 500            # rows read per statement when filtering on the fly
-SCAN_BUDGET = 20_000   # rows one request reads at most when filtering on the fly
+WINDOW = 5_000         # index entries one statement walks when filtering on the fly
+SCAN_BUDGET = 50_000   # index entries one request walks at most when filtering on the fly
 CHART_HOURS = 12
 NO_QUEUE = status.NO_QUEUE_NAME  # "(none)": jobs from before the ledger recorded queues
 LIST_COLUMNS = (Job.id, Job.task, Job.queue, Job.state, Job.attempt, Job.created_at, Job.finished_at,
@@ -209,17 +209,19 @@ def _by_id_or_key(q: str) -> tuple[list[tuple], str]:
     return rows, "key" if rows else ""
 
 
-def _matches(row: tuple, filters: Filters, skip: str) -> bool:
-    job_id, task, queue, state = row[0], row[1], row[2], row[3]
-    if filters.queue and skip != "queue" and queue != queue_param(filters.queue):
-        return False
-    if filters.state and skip != "state" and state != filters.state:
-        return False
-    if filters.task and skip != "task" and task != filters.task:
-        return False
-    if filters.q and filters.q.lower() not in (row[8] or "").lower():
-        return False
-    return True
+def _post_filters(window: Any, filters: Filters, driving: str) -> list:
+    """The filters the driving index does not serve, as conditions on the window's columns."""
+    conditions = []
+    if filters.queue:
+        name = queue_param(filters.queue)
+        conditions.append(window.c.queue.is_null() if name is None else window.c.queue == name)
+    if filters.state and driving != "state":
+        conditions.append(window.c.state == filters.state)
+    if filters.task and driving != "task":
+        conditions.append(window.c.task == filters.task)
+    if filters.q:
+        conditions.append(window.c.kwargs.contains(filters.q))  # LIKE/ILIKE '%q%': case-insensitive
+    return conditions
 
 
 def job_page(filters: Filters, before: str | None = None, limit: int = PAGE_SIZE) -> Page:
@@ -229,48 +231,53 @@ def job_page(filters: Filters, before: str | None = None, limit: int = PAGE_SIZE
     if filters.q:
         rows, found_by = _by_id_or_key(filters.q)
         if found_by:
-            rows = [r for r in rows if _matches(r, dataclasses.replace(filters, q=""), "")]
+            plain = dataclasses.replace(filters, q="")
+            rows = [r for r in rows if (not plain.queue or r[2] == queue_param(plain.queue))
+                    and (not plain.state or r[3] == plain.state) and (not plain.task or r[1] == plain.task)]
             return Page([_row_dict(r, secrets) for r in rows], None, len(rows), found_by=found_by)
     if filters.state:
-        driver, skip = Job.state == filters.state, "state"
+        driver, driving = Job.state == filters.state, "state"
     elif filters.task:
-        driver, skip = Job.task == filters.task, "task"
+        driver, driving = Job.task == filters.task, "task"
     else:
-        driver, skip = None, ""
-    on_the_fly = bool(filters.q) or bool(filters.queue) or (filters.state and filters.task)
+        driver, driving = None, ""
+    order = (Job.created_at.desc(), Job.id.desc())
     cursor = decode_cursor(before)
-    found: list[tuple] = []
-    scanned = 0
-    exhausted = False
-    last: tuple | None = None
-    while len(found) <= limit:
+
+    def walk(after: tuple | None):
         query = Job.select(*LIST_COLUMNS)
         if driver is not None:
             query = query.where(driver)
-        if cursor is not None:
-            query = query.where(peewee.Tuple(Job.created_at, Job.id) < peewee.Tuple(*cursor))
-        want = limit + 1 - len(found) if not on_the_fly else min(CHUNK, SCAN_BUDGET - scanned)
-        chunk = list(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(want).tuples())
-        scanned += len(chunk)
-        for row in chunk:
-            last = row
-            if not on_the_fly or _matches(row, filters, skip):
-                found.append(row)
-                if len(found) > limit:
-                    break
-        if len(chunk) < want:
-            exhausted = True
-            break
-        if last is not None:
-            cursor = (_dt(last[5]), last[0])
-        if not on_the_fly or scanned >= SCAN_BUDGET:
-            break
-    jobs = [_row_dict(r, secrets) for r in found[:limit]]
-    if len(found) > limit:
-        return Page(jobs, encode_cursor(found[limit - 1][5], found[limit - 1][0]), scanned)
-    if not exhausted and last is not None:  # the budget ran out: go on from the last row read
-        return Page(jobs, encode_cursor(last[5], last[0]), scanned, partial=True)
-    return Page(jobs, None, scanned)
+        if after is not None:
+            query = query.where(peewee.Tuple(Job.created_at, Job.id) < peewee.Tuple(*after))
+        return query.order_by(*order)
+
+    probe = walk(None).alias("w")
+    if not _post_filters(probe, filters, driving):  # the index serves every filter: one seek, one page
+        rows = list(walk(cursor).limit(limit + 1).tuples())
+        jobs = [_row_dict(r, secrets) for r in rows[:limit]]
+        following = encode_cursor(rows[limit - 1][5], rows[limit - 1][0]) if len(rows) > limit else None
+        return Page(jobs, following, len(rows))
+    # Windows of WINDOW rows along the driving index, filtered in SQL, until the page is full or the budget spent.
+    found: list[tuple] = []
+    scanned = 0
+    while True:
+        window = walk(cursor).limit(WINDOW).alias("w")
+        columns = [getattr(window.c, field.column_name) for field in LIST_COLUMNS]
+        need = limit + 1 - len(found)
+        found += list(Job.select(*columns).from_(window).where(*_post_filters(window, filters, driving))
+                      .order_by(window.c.created_at.desc(), window.c.id.desc()).limit(need).tuples())
+        if len(found) > limit:
+            jobs = [_row_dict(r, secrets) for r in found[:limit]]
+            return Page(jobs, encode_cursor(found[limit - 1][5], found[limit - 1][0]), scanned + WINDOW)
+        edge = walk(cursor).select(Job.created_at, Job.id).offset(WINDOW - 1).limit(1).tuples().first()
+        jobs = [_row_dict(r, secrets) for r in found]
+        if edge is None:  # the index ends within this window
+            return Page(jobs, None, scanned + WINDOW)
+        scanned += WINDOW
+        cursor = (_dt(edge[0]), edge[1])
+        if scanned >= SCAN_BUDGET:
+            return Page(jobs, encode_cursor(*edge), scanned, partial=True)
 
 
 def matching_ids(filters: Filters, cap: int) -> tuple[list[str], bool]:

@@ -13,7 +13,7 @@ import config
 from app.web.auth import is_loopback
 
 log = logging.getLogger("nightshift.web")
-THREADS = 4  # a few operators and their pages' refreshes; each thread holds one ledger connection
+THREADS = 2  # a few operators and their pages' refreshes; each thread holds one ledger connection (and its cache)
 
 
 class Refused(Exception):
