@@ -16,6 +16,8 @@ import dataclasses
 import datetime
 import json
 import re
+import threading
+import time
 from typing import Any
 
 import peewee
@@ -74,28 +76,61 @@ def queue_param(value: str) -> str | None:
 
 # -- overview --------------------------------------------------------------------------------------------------
 
+PAST_HOURS_TTL = 300.0  # seconds the counts of complete past hours are reused
+_past_hours: dict[str, Any] = {"key": None, "at": 0.0, "counts": {}}
+_past_lock = threading.Lock()
+
+
+def _finished_counts(since: datetime.datetime, until: datetime.datetime | None) -> dict[tuple, list[int]]:
+    """(queue, hour start) -> [succeeded, dead] of jobs that finished in [since, until), by one range scan of the
+    finished_at index grouped in SQL."""
+    if isinstance(database.obj, peewee.SqliteDatabase):
+        hour = fn.SUBSTR(Job.finished_at, 1, 13)       # "YYYY-MM-DD HH" of the stored text
+    else:
+        hour = fn.DATE_TRUNC("hour", Job.finished_at)
+    # Grouped by expressions, not the columns: grouping by `queue` itself makes the planner walk the queue index
+    # through every job (to skip a sort) instead of ranging over the finished_at index; the state is grouped, not
+    # filtered, for the same reason (a state index would be walked).
+    queue_key = fn.COALESCE(Job.queue, "")
+    query = Job.select(queue_key, hour, Job.state, fn.COUNT(Job.id)).where(Job.finished_at >= since)
+    if until is not None:
+        query = query.where(Job.finished_at < until)
+    counts: dict[tuple, list[int]] = {}
+    for queue, bucket, state, count in query.group_by(queue_key, hour, Job.state).tuples():
+        if state not in ("succeeded", "dead") or bucket is None:
+            continue
+        if isinstance(bucket, str):
+            bucket = datetime.datetime.strptime(bucket[:13], "%Y-%m-%d %H")
+        pair = counts.setdefault((queue or None, bucket.replace(tzinfo=None)), [0, 0])
+        pair[0 if state == "succeeded" else 1] += int(count)
+    return counts
+
+
 def hourly(stamp: datetime.datetime, hours: int = CHART_HOURS) -> dict[str | None, list[dict]]:
-    """Per queue, per hour of the last `hours` (oldest first): jobs that succeeded and that went dead, in one
-    range scan of the finished_at index."""
-    end = stamp.replace(minute=0, second=0, microsecond=0) + datetime.timedelta(hours=1)
-    starts = [end - datetime.timedelta(hours=hours - i) for i in range(hours)]
-    columns = []
-    for start in starts:
-        inside = (Job.finished_at >= start) & (Job.finished_at < start + datetime.timedelta(hours=1))
-        columns.append(fn.SUM(peewee.Case(None, [(inside & (Job.state == "succeeded"), 1)], 0)))
-        columns.append(fn.SUM(peewee.Case(None, [(inside & (Job.state == "dead"), 1)], 0)))
-    query = (Job.select(Job.queue, *columns).where(Job.finished_at >= starts[0])
-             .group_by(Job.queue).tuples())
+    """Per queue, per hour of the last `hours` (oldest first, the current one last): jobs that succeeded and
+    that went dead. The complete hours are counted once every PAST_HOURS_TTL seconds (they change only when a job
+    of theirs is retried or cleaned up); the current hour on every call."""
+    current = stamp.replace(minute=0, second=0, microsecond=0)
+    starts = [current - datetime.timedelta(hours=hours - 1 - i) for i in range(hours)]
+    key = (database.obj.database if database.obj is not None else None, starts[0], hours)
+    with _past_lock:
+        fresh = _past_hours["key"] == key and time.monotonic() - _past_hours["at"] < PAST_HOURS_TTL
+        past = _past_hours["counts"] if fresh else None
+    if past is None:
+        past = _finished_counts(starts[0], current)
+        with _past_lock:
+            _past_hours.update(key=key, at=time.monotonic(), counts=past)
+    counts = dict(past)
+    counts.update(_finished_counts(current, None))
+    queues = {queue for queue, _ in counts} | {"__empty__"}
     charts: dict[str | None, list[dict]] = {}
-    for queue, *sums in query:
+    for queue in queues:
         series = []
-        for i, start in enumerate(starts):
-            ok, dead = int(sums[2 * i] or 0), int(sums[2 * i + 1] or 0)
+        for start in starts:
+            ok, dead = counts.get((queue, start), (0, 0))
             series.append({"hour": iso(start), "succeeded": ok, "dead": dead, "total": ok + dead,
                            "failure_rate": round(dead / (ok + dead), 4) if ok + dead else None})
         charts[queue] = series
-    empty = [{"hour": iso(start), "succeeded": 0, "dead": 0, "total": 0, "failure_rate": None} for start in starts]
-    charts.setdefault("__empty__", empty)
     return charts
 
 
