@@ -3,7 +3,7 @@ button, the confirmation page, the result), the live parts move, and each page i
 
 Chromium and its driver are Debian's `chromium` and `chromium-driver`; scripts/browser installs them when they
 are missing (apt-get as root). The test is skipped, with the reason, only when that is impossible. Screenshots go
-to the test's directory; with NIGHTSHIFT_SAVE_SCREENSHOTS=1 they are also copied to docs/console/ (how the ones
+to the test's directory; with SAVE_CONSOLE_SCREENSHOTS=1 they are also copied to docs/console/ (how the ones
 in the docs were made).
 
 The console and a worker run as real processes on the test's ledger and Redis.
@@ -61,7 +61,7 @@ def shoot(driver, tmp_path, name: str) -> None:
     path = tmp_path / "screens" / f"{name}.png"
     path.parent.mkdir(exist_ok=True)
     assert driver.save_screenshot(str(path))
-    if os.environ.get("NIGHTSHIFT_SAVE_SCREENSHOTS") == "1":
+    if os.environ.get("SAVE_CONSOLE_SCREENSHOTS") == "1":
         DOCS.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, DOCS / f"{name}.png")
 

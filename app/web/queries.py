@@ -33,7 +33,7 @@ from helpers.masking import bound, mask, secret_values
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 WINDOW = 5_000         # index entries one statement walks when filtering on the fly
-SCAN_BUDGET = 50_000   # index entries one request walks at most when filtering on the fly
+SCAN_BUDGET = 20_000   # index entries one request walks at most when filtering on the fly
 CHART_HOURS = 12
 NO_QUEUE = status.NO_QUEUE_NAME  # "(none)": jobs from before the ledger recorded queues
 LIST_COLUMNS = (Job.id, Job.task, Job.queue, Job.state, Job.attempt, Job.created_at, Job.finished_at,
