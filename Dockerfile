@@ -5,6 +5,8 @@
 #       -e NIGHTSHIFT_REDIS_URL=redis://redis.internal:6379/0 nightshift
 #   docker run --rm -v nightshift-data:/data -e NIGHTSHIFT_REDIS_URL=... nightshift \
 #       nightshift submit checksum_file --arg path=/etc/hostname
+#   docker run -d -p 127.0.0.1:8080:8080 -v nightshift-data:/data -e NIGHTSHIFT_REDIS_URL=... \
+#       -e NIGHTSHIFT_WEB_TOKEN=... nightshift nightshift web --bind 0.0.0.0     (the operator console)
 #
 # Configuration comes only from environment variables (see config.py / `nightshift config`); nothing is baked in
 # except the ledger's location inside the container. See docs/deploy.md.
@@ -29,9 +31,10 @@ WORKDIR /src
 # (which also pins the transitive ones), so this layer is rebuilt only when they change, not on every code edit.
 COPY pyproject.toml ./
 COPY deploy/constraints.txt deploy/constraints.txt
-# The image carries the optional PostgreSQL driver too, so the same image can use a PostgreSQL ledger.
+# The image carries the optional PostgreSQL driver too, so the same image can use a PostgreSQL ledger, and the
+# console's extra (`nightshift web`; the consumer never imports it, so it costs the consumer no memory).
 RUN python3 -c 'import tomllib; project = tomllib.load(open("pyproject.toml", "rb"))["project"]; \
-print("\n".join(project["dependencies"] + project["optional-dependencies"]["postgres"]))' \
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["postgres"] + project["optional-dependencies"]["web"]))' \
         > /tmp/requirements.txt \
  && /opt/venv/bin/pip install --constraint deploy/constraints.txt --requirement /tmp/requirements.txt
 

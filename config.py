@@ -262,6 +262,11 @@ class Settings:
                                 "directories (':'-separated) file tasks may read and write; relative task paths "
                                 "start in the first", separator=":", default_from=default_files_root,
                                 shown="$XDG_DATA_HOME/nightshift/files ($XDG_DATA_HOME defaults to ~/.local/share)")
+    web_token: str = setting("NIGHTSHIFT_WEB_TOKEN", "", _str,
+                             "the console's token (`nightshift web`): when set, every page and API call needs it "
+                             "(Bearer header or login); required to listen beyond loopback", secret=True)
+    web_readonly: bool = setting("NIGHTSHIFT_WEB_READONLY", False, _bool,
+                                 "the console shows everything but offers and accepts no action")
     sentry_dsn: str = setting("SENTRY_DSN", "", _str, "send task errors to Sentry when set", secret=True)
     sentry_every_attempt: bool = setting("NIGHTSHIFT_SENTRY_EVERY_ATTEMPT", False, _bool,
                                          "report every failed attempt, not only the final failure")

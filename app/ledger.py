@@ -17,7 +17,7 @@ from peewee import fn
 import config
 from app import clock
 from app.db import database
-from app.models import FINISHED, WAITING, Attempt, Job, WorkerBeat
+from app.models import FINISHED, WAITING, Action, Attempt, Job, WorkerBeat
 from app.states import State
 
 BATCH = 400  # rows per INSERT; keeps under SQLite's and PostgreSQL's parameter limits
@@ -383,6 +383,24 @@ def mark_refused(job_id: str, queue: str, reason: str, raw: bytes) -> bool:
     return bool(Job.update(state=State.DEAD, reason=storable(reason), error=f"refused message: {preview(raw)}",
                            finished_at=stamp, lease_expires_at=None, updated_at=stamp).where(
         Job.id == job_id, Job.state.in_(WAITING), (Job.queue == queue) | Job.queue.is_null()).execute())
+
+
+# -- the operators' audit trail ---------------------------------------------------------------------------------
+
+def record_action(action: str, target: str, who: str, detail: str = "") -> None:
+    """Note an operator's action (retry, cancel, discard, pause, resume, run-now, submit...) and its outcome, so
+    "who retried this at 3 am" has an answer in the ledger, whichever tool did it."""
+    Action.insert(at=now(), action=storable(action, Action.action.max_length),
+                  target=storable(target, Action.target.max_length), who=storable(who, Action.who.max_length),
+                  detail=storable(detail, 2000) or "").execute()
+
+
+def actions(target: str | None = None, limit: int = 50) -> list[Action]:
+    """The newest operator actions, of one target (a job id, a queue or a task name) or of all."""
+    query = Action.select()
+    if target is not None:
+        query = query.where(Action.target == target)
+    return list(query.order_by(Action.at.desc(), Action.id.desc()).limit(limit))
 
 
 # -- queries -------------------------------------------------------------------------------------------------------

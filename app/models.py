@@ -55,7 +55,13 @@ class Job(BaseModel):
         indexes = ((("state", "task"), False),
                    (("queue", "state", "updated_at"), False),        # lost-message recovery, waiting jobs
                    (("queue", "state", "lease_expires_at"), False),  # lease recovery
-                   (("finished_at",), False))  # throughput and recent-window figures (app.status)
+                   (("finished_at",), False),  # throughput and recent-window figures (app.status)
+                   # Newest-first job lists paged by (created_at, id) keys (the console, app.web.queries): one
+                   # ordered index for all jobs and one per filter that is usually selective, so a page reads
+                   # about as many index entries as it shows, however many millions of rows the ledger holds.
+                   (("created_at", "id"), False),
+                   (("state", "created_at", "id"), False),
+                   (("task", "created_at", "id"), False))
 
 
 class Attempt(BaseModel):
@@ -103,4 +109,19 @@ class QueueState(BaseModel):
         table_name = "nightshift_queue"
 
 
-ALL = [Job, Attempt, WorkerBeat, QueueState]
+class Action(BaseModel):
+    """One operator action (retry, cancel, discard, pause, resume, run now...), whoever took it and from where:
+    the ledger's audit trail. Written through app.ledger.record_action only."""
+    id = peewee.AutoField()
+    at = peewee.DateTimeField(index=True)
+    action = peewee.CharField(max_length=32)
+    target = peewee.CharField(max_length=255)         # a job id, a queue name or a task name
+    who = peewee.CharField(max_length=200)            # user@host (CLI) or "web from ADDRESS" (console)
+    detail = peewee.TextField(default="")             # the outcome, or why it was refused
+
+    class Meta:
+        table_name = "nightshift_action"
+        indexes = ((("target", "at"), False),)
+
+
+ALL = [Job, Attempt, WorkerBeat, QueueState, Action]

@@ -20,10 +20,11 @@ from app.models import QueueState
 CHECK_SECONDS = 0.5
 
 
-def set_paused(huey: Any, queue: str, paused: bool) -> bool:
-    """Pause or resume `queue` (ledger first, then Redis); returns whether it was paused before."""
+def set_paused(huey: Any, queue: str, paused: bool, who: str | None = None) -> bool:
+    """Pause or resume `queue` (ledger first, then Redis); returns whether it was paused before. `who`: who
+    asked (default user@host of this process)."""
     before = is_paused_in_ledger(queue)
-    who = f"{getpass.getuser()}@{socket.gethostname()}"
+    who = who or f"{getpass.getuser()}@{socket.gethostname()}"
     QueueState.insert(name=queue, paused=paused, changed_at=ledger.now(), changed_by=who).on_conflict(
         conflict_target=[QueueState.name],
         update={QueueState.paused: paused, QueueState.changed_at: ledger.now(), QueueState.changed_by: who},

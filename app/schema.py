@@ -57,6 +57,25 @@ def add_missing_columns(db: peewee.Database, models: list) -> list[str]:
     return added
 
 
+def add_missing_indexes(db: peewee.Database, models: list) -> list[str]:
+    """Indexes a newer version declares on a table that an older version created (CREATE INDEX IF NOT EXISTS,
+    so a process racing this one is harmless); returns the names of the ones created. On a big ledger this
+    takes a while once (seconds per million rows), which is why it is logged."""
+    added = []
+    for model in models:
+        table = model._meta.table_name
+        if not db.table_exists(table):
+            continue
+        present = {index.name for index in db.get_indexes(table)}
+        for index in model._meta.fields_to_index():
+            if index._name in present:
+                continue
+            log.info("ledger upgrade: creating index %s on %s", index._name, table)
+            db.execute(model._schema._create_index(index, safe=True))
+            added.append(index._name)
+    return added
+
+
 def has_tables(db: peewee.Database) -> bool:
     return db.table_exists(Job._meta.table_name)
 
@@ -69,16 +88,23 @@ def create_tables(db: peewee.Database) -> None:
 
 
 def upgrade(db: peewee.Database) -> None:
-    """Add the columns this version needs to tables an older version made (add_missing_columns), and give
-    the jobs written before `nightshift_job.queue` existed their queue where it can be known."""
+    """Add the tables, columns and indexes this version needs to a ledger an older version made
+    (add_missing_columns, add_missing_indexes), and give the jobs written before `nightshift_job.queue`
+    existed their queue where it can be known."""
+    missing = [model for model in ALL if not db.table_exists(model._meta.table_name)]
+    if missing:  # a table this version added (the audit trail): created whole, with its indexes
+        db.create_tables(missing, safe=True)
     try:
         added = add_missing_columns(db, ALL)
     except peewee.DatabaseError:  # another process added them first: what it added is there now
         if add_missing_columns(db, ALL):
             raise
         return
+    try:
+        add_missing_indexes(db, ALL)
+    except peewee.DatabaseError:  # another process is creating the same index: it will be there
+        log.info("ledger upgrade: another process is creating the same indexes")
     if f"{Job._meta.table_name}.queue" in added:
-        Job._schema.create_indexes(safe=True)
         adopt_old_jobs()
 
 

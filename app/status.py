@@ -17,10 +17,12 @@ import socket
 from typing import Any, Iterable
 
 import peewee
+from huey.api import PeriodicTask
 from peewee import fn
 
 import config
-from app import ledger, pausing
+from app import catalog, ledger, pausing
+from app import schedule as sched
 from app.preflight import check_database, check_redis
 from app.models import WAITING, Job, WorkerBeat
 from app.queue import build_huey, get_huey
@@ -299,6 +301,27 @@ def snapshot(settings: config.Settings | None = None, window: float = WINDOW_SEC
         "tasks": task_stats(stamp, window, names),
         "workers": [w for name in names if name is not None for w in workers(stamp, name, settings)],
     }, secret_values(settings))
+
+
+# -- schedule ------------------------------------------------------------------------------------------------------
+
+def schedule_rows(tick: int | None = None) -> list[dict]:
+    """Each periodic task of the loaded catalog: its schedule in words and cron form, time zone, next run, and
+    its last run (the newest job of the task, one index seek each) with its outcome."""
+    tick = tick or config.get().tick_seconds
+    classes = {name: cls for name, cls in catalog.task_classes().items() if issubclass(cls, PeriodicTask)}
+    rows = []
+    for name in sorted(classes):
+        cls = classes[name]
+        job = Job.select().where(Job.task == name).order_by(Job.created_at.desc(), Job.id.desc()).first()
+        rows.append({
+            "task": name, "schedule": sched.words_of(cls), "cron": sched.spec_of(cls), "tz": sched.zone_of(cls),
+            "next_run": _iso(sched.next_run(cls, tick=tick)),
+            "last_run": _iso(job.created_at) if job else None, "last_job": job.id if job else None,
+            "last_outcome": job.state if job else None,
+            "last_finished_at": _iso(job.finished_at) if job else None,
+        })
+    return rows
 
 
 # -- health --------------------------------------------------------------------------------------------------------

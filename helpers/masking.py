@@ -97,7 +97,11 @@ def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
 
     def named(match: re.Match) -> str:
         value = match.group("value")
-        if not is_secret_name(match.group("name")) or value.strip("'\"") == MASK:
+        if not is_secret_name(match.group("name")):
+            # "Error: password=x": the value of a harmless name may itself be a secret's name=value.
+            start = match.start("value") - match.start()
+            return match.group(0)[:start] + _NAMED_VALUE.sub(named, value)
+        if value.strip("'\"") == MASK:
             return match.group(0)
         quote = value[0] if value[0] in "'\"" else ""
         return match.group("name") + match.group("q1") + match.group("sep") + quote + MASK + quote

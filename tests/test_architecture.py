@@ -122,7 +122,7 @@ def huey_private_names() -> set[str]:
                 names |= {n for n in vars(klass) if n.startswith("_") and not n.startswith("__")}
     instance = Huey("architecture-check", immediate=True)
     names |= {n for n in vars(instance) if n.startswith("_") and not n.startswith("__")}
-    names |= {"_huey", "_key", "_ttl", "_name", "_signal_actions", "_signum", "_restart", "_graceful",
+    names |= {"_huey", "_key", "_ttl", "_signal_actions", "_signum", "_restart", "_graceful",
               "_next_periodic", "_registry"}
     return names
 

@@ -96,6 +96,7 @@ def test_dockerfile_installs_from_project_metadata_into_a_venv():
     assert "python3 -m venv /opt/venv" in runs
     assert 'tomllib.load(open("pyproject.toml", "rb"))["project"]' in runs
     assert 'project["dependencies"] + project["optional-dependencies"]["postgres"]' in runs
+    assert 'project["optional-dependencies"]["web"]' in runs  # the console: `nightshift web` in the same image
     assert "--constraint deploy/constraints.txt" in runs
     assert "/opt/venv/bin/pip install --no-deps ." in runs
     assert not re.search(r"(^|\s)pip3? install", runs.replace("/opt/venv/bin/pip install", "")), \
@@ -105,7 +106,8 @@ def test_dockerfile_installs_from_project_metadata_into_a_venv():
 
 def test_constraints_pin_exactly_what_pyproject_pins():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = _pins(project["dependencies"] + project["optional-dependencies"]["postgres"])
+    declared = _pins(project["dependencies"] + project["optional-dependencies"]["postgres"]
+                     + project["optional-dependencies"]["web"])
     constrained = _pins((ROOT / "deploy" / "constraints.txt").read_text().splitlines())
     for name, version in declared.items():
         assert constrained.get(name) == version, (
@@ -151,6 +153,15 @@ def test_compose_structure():
     assert set(env) - {"SENTRY_DSN", "SENTRY_ENVIRONMENT"} <= KNOWN_SETTINGS, "unknown setting in compose.yaml"
     assert env["NIGHTSHIFT_REDIS_URL"].endswith("redis://redis:6379/0}")
     assert env["NIGHTSHIFT_SHUTDOWN_TIMEOUT"] == "${NIGHTSHIFT_SHUTDOWN_TIMEOUT:-%g}" % SHUTDOWN_TIMEOUT
+
+    console = services["console"]
+    assert console["profiles"] == ["console"] and console["image"] == worker["image"]
+    assert console["command"][:2] == ["nightshift", "web"] and "--bind" in console["command"]
+    assert console["ports"] == ["127.0.0.1:8080:8080"], "the console is published on the host's loopback only"
+    assert ":?" in console["environment"]["NIGHTSHIFT_WEB_TOKEN"], "the console must not start without a token"
+    assert set(console["environment"]) - {"SENTRY_DSN", "SENTRY_ENVIRONMENT"} <= KNOWN_SETTINGS
+    assert "/healthz" in " ".join(console["healthcheck"]["test"])
+    assert "ledger:/data" in console["volumes"]
 
     postgres = services["postgres"]
     assert postgres["profiles"] == ["postgres"]

@@ -2,7 +2,7 @@
 adds their commands to `main` (app.cli.root)."""
 from __future__ import annotations
 
-from app.cli import jobs, maintenance, monitor, ops, queues, service  # noqa: F401  (commands register on `main`)
+from app.cli import jobs, maintenance, monitor, ops, queues, service, web  # noqa: F401  (commands register on `main`)
 from app.cli.root import main
 
 __all__ = ["main"]

@@ -14,11 +14,12 @@ from app.cli import bulk
 from app.cli.root import main
 from app.cli.common import (EXIT_FAILED, EXIT_TIMEOUT, chosen_queues, echo_json, fail, iso, json_option, queue_options,
                              queues_heading, table)
-from app.schema import open_ledger
+from app.jobview import job_dict, last_failed_attempt  # noqa: F401  (job_dict: also imported from here by ops)
 from app.models import FINISHED, STATES, Job
-from app.status import resolve_queues
+from app.schema import open_ledger
 from app.states import State
-from helpers.masking import mask, mask_text, secret_values
+from app.status import resolve_queues
+from helpers.masking import mask_text, secret_values
 
 def parse_arg(text: str) -> tuple[str, object, str]:
     """NAME=VALUE as (name, value, raw text): VALUE read as JSON when it parses (42, true, [1,2], {"a":1}, "x"),
@@ -144,26 +145,6 @@ def wait_for(job_id: str, timeout: float | None) -> None:
     raise SystemExit(EXIT_FAILED)
 
 
-def job_dict(job: Job, with_attempts: bool = False) -> dict:
-    """A job as shown by `show`, `list` and `dead`: arguments, errors, traceback and raw message masked."""
-    data = {
-        "id": job.id, "task": job.task, "queue": job.queue, "state": job.state, "attempt": job.attempt,
-        "args": json.loads(job.kwargs or "{}"), "priority": job.priority, "retries_left": job.retries_left,
-        "key": job.key, "created_at": iso(job.created_at), "eta": iso(job.eta), "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at), "duration": job.duration, "worker": job.worker,
-        "lease_expires_at": iso(job.lease_expires_at), "lease_losses": job.lease_losses,
-        "result": json.loads(job.result) if job.result else None, "reason": job.reason, "error": job.error,
-        "traceback": job.traceback, "progress": json.loads(job.progress) if job.progress else None,
-        "raw_preview": job.raw,
-    }
-    if with_attempts:
-        data["attempts"] = [{"number": a.number, "worker": a.worker, "started_at": iso(a.started_at),
-                             "finished_at": iso(a.finished_at), "duration": a.duration, "outcome": a.outcome,
-                             "error": a.error} for a in ledger.attempts(job.id)]
-        if job.state == State.RUNNING:  # the attempt under way gets its history row when it ends
-            data["attempts"].append({"number": job.attempt, "worker": job.worker, "started_at": iso(job.started_at),
-                                     "finished_at": None, "duration": None, "outcome": None, "error": None})
-    return mask(data, secret_values(config.get()))
 
 
 @main.command()
@@ -210,15 +191,6 @@ def show(job_id, as_json):
     if data["raw_preview"]:
         lines.append(f"message   {data['raw_preview'][:300]}")
     click.echo("\n".join(lines))
-
-
-def last_failed_attempt(error: str | None, attempts: list[dict]) -> int | None:
-    """The attempt the job's last error (and traceback) belongs to: the last one in its history that ended with
-    that error. The job row keeps only the latest error, which may be older than the attempt shown."""
-    for a in reversed(attempts):
-        if error and a["error"] == error:
-            return a["number"]
-    return None
 
 
 def traceback_heading(job: Job, failed: int | None) -> str:

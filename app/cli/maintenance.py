@@ -4,17 +4,8 @@ from __future__ import annotations
 import click
 
 from app.cli.root import main
-from app.cli.common import echo_json, iso, json_option, table
+from app.cli.common import echo_json, json_option, table
 from app.schema import open_ledger
-
-
-def _last_runs(names: list[str]) -> dict[str, object]:
-    """The newest ledger row of each task (its last periodic run)."""
-    from app.models import Job
-    last = {}
-    for name in names:
-        last[name] = Job.select().where(Job.task == name).order_by(Job.created_at.desc()).first()
-    return last
 
 
 @main.command()
@@ -22,25 +13,10 @@ def _last_runs(names: list[str]) -> dict[str, object]:
 def schedule(as_json):
     """List periodic tasks: schedule (in words and cron form), next run, last run and its outcome."""
     import config
-    from huey.api import PeriodicTask
-
-    from app import catalog
-    from app import schedule as sched
+    from app.status import schedule_rows
     open_ledger()
     tick = config.get().tick_seconds
-    classes = {name: cls for name, cls in catalog.task_classes().items() if issubclass(cls, PeriodicTask)}
-    last = _last_runs(sorted(classes))
-    rows = []
-    for name in sorted(classes):
-        cls, job = classes[name], last[name]
-        nxt = sched.next_run(cls, tick=tick)
-        rows.append({
-            "task": name, "schedule": sched.words_of(cls), "cron": sched.spec_of(cls), "tz": sched.zone_of(cls),
-            "next_run": iso(nxt),
-            "last_run": iso(job.created_at) if job else None, "last_job": job.id if job else None,
-            "last_outcome": job.state if job else None,
-            "last_finished_at": iso(job.finished_at) if job else None,
-        })
+    rows = schedule_rows(tick)
     if as_json:
         echo_json({"tick_seconds": tick, "tasks": rows})
         return

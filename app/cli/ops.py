@@ -1,19 +1,15 @@
 """Dead-letter and queue operations: dead, retry, discard, cancel."""
 from __future__ import annotations
 
-import dataclasses
-
 import click
-from huey.api import Task
 
-import config
-from app import canceling, catalog, events, ledger, producer
+from app import ledger, operations
 from app.cli.root import main
 from app.cli.common import (EXIT_FAILED, chosen_queues, echo_json, fail, iso, json_option, queue_options,
                              queues_heading, table)
+from app.models import Job
+from app.queue import get_huey
 from app.schema import open_ledger
-from app.models import WAITING, Job
-from app.queue import build_huey, get_huey
 from app.status import resolve_queues
 from app.states import State
 from helpers.masking import mask_text
@@ -75,44 +71,15 @@ def retry(job_ids, all_, task):
         click.echo(f"nightshift: retrying the dead jobs of {queues_heading(None)}", err=True)
     queue = get_huey().name
     jobs = _resolve(job_ids) if job_ids else ledger.list_jobs(State.DEAD, task, limit=1_000_000, queues=[queue])
-    tasks, refused = [], []
-    for job in jobs:
-        try:
-            task_class = catalog.get_task_class(job.task)
-        except catalog.UnknownTaskName as exc:
-            refused.append(f"{job.id}: {exc}")
-            continue
-        revived = ledger.revive(job.id, task_class.default_retries or 0, queue)
-        if revived is None:
-            refused.append(f"{job.id}: it is {job.state}" + (" (a bad message, not a job)" if job.raw else "")
-                           + ", not a dead job")
-            continue
-        tasks.append((revived.queue, producer.task_from_row(revived)))
-        events.emit("retried", job.id, job.task, attempt=revived.attempt, reason="retried by operator")
-    if tasks:
-        error = push_to_own_queues(tasks)
-        if error is not None:
-            click.echo(f"nightshift: Redis is unreachable ({error}); the jobs are queued in the ledger and will be "
-                       f"delivered when Redis is back", err=True)
-    for line in refused:
-        click.echo(f"nightshift: not retried: {line}", err=True)
-    click.echo(f"retried {len(tasks)} job(s)")
-    if refused:
+    outcome = operations.retry(jobs, operations.local_operator(), queue)
+    if outcome.delivery_error:
+        click.echo(f"nightshift: Redis is unreachable ({outcome.delivery_error}); the jobs are queued in the ledger "
+                   f"and will be delivered when Redis is back", err=True)
+    for job_id, why in outcome.refused:
+        click.echo(f"nightshift: not retried: {job_id}: {why}", err=True)
+    click.echo(f"retried {len(outcome.done)} job(s)")
+    if outcome.refused:
         raise SystemExit(EXIT_FAILED)
-
-
-def push_to_own_queues(tasks: list[tuple[str, Task]]) -> str | None:
-    """Put revived jobs, (queue, task) pairs, on the queue each belongs to (another service's queue when it
-    shares the ledger); None, or what went wrong with Redis (producer.resubmit)."""
-    settings, by_queue = config.get(), {}
-    for queue, task in tasks:
-        by_queue.setdefault(queue, []).append(task)
-    for name, batch in by_queue.items():
-        huey = get_huey() if name == settings.queue else build_huey(dataclasses.replace(settings, queue=name))
-        error = producer.resubmit(batch, huey)
-        if error is not None:
-            return error
-    return None
 
 
 @main.command()
@@ -121,14 +88,11 @@ def discard(job_ids):
     """Remove dead jobs from the ledger for good."""
     open_ledger()
     jobs = _resolve(job_ids)
-    removed = set(ledger.discard([job.id for job in jobs]))
-    for job in jobs:
-        if job.id in removed:
-            get_huey().delete(job.id)  # a stored result, if any
-        else:
-            click.echo(f"nightshift: not discarded: {job.id} is {job.state}, not dead", err=True)
-    click.echo(f"discarded {len(removed)} job(s)")
-    if len(removed) < len(jobs):
+    outcome = operations.discard(jobs, operations.local_operator())
+    for job_id, why in outcome.refused:
+        click.echo(f"nightshift: not discarded: {job_id} {why.removeprefix('it ')}", err=True)
+    click.echo(f"discarded {len(outcome.done)} job(s)")
+    if outcome.refused:
         raise SystemExit(EXIT_FAILED)
 
 
@@ -138,17 +102,9 @@ def cancel(job_ids):
     """Cancel jobs: queued or scheduled ones will not run; running ones are stopped (app.canceling)."""
     open_ledger()
     jobs = _resolve(job_ids)
-    canceled = 0
-    for job in jobs:
-        if job.state in WAITING and ledger.mark_canceled(job.id):
-            canceled += 1  # its message stays on the queue; the worker's claim skips it
-            events.emit("canceled", job.id, job.task, attempt=job.attempt)
-        elif job.state == State.RUNNING and (attempt := ledger.cancel_running(job.id)) is not None:
-            canceled += 1
-            canceling.publish(get_huey(), job.id)
-            events.emit("canceled", job.id, job.task, attempt=attempt, reason="canceled while running")
-        else:
-            click.echo(f"nightshift: not canceled: {job.id} is {ledger.state_of(job.id)}", err=True)
-    click.echo(f"canceled {canceled} job(s)")
-    if canceled < len(jobs):
+    outcome = operations.cancel(jobs, operations.local_operator())
+    for job_id, why in outcome.refused:
+        click.echo(f"nightshift: not canceled: {job_id} {why.removeprefix('it ')}", err=True)
+    click.echo(f"canceled {len(outcome.done)} job(s)")
+    if outcome.refused:
         raise SystemExit(EXIT_FAILED)

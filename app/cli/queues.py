@@ -4,16 +4,15 @@ from __future__ import annotations
 import click
 
 import config
-from app import pausing
+from app import operations
 from app.cli.root import main
 from app.schema import open_ledger
-from app.queue import get_huey
 
 
 def _set(queue: str | None, paused: bool) -> None:
     open_ledger()
     name = queue or config.get().queue
-    was = pausing.set_paused(get_huey(), name, paused)
+    was = operations.set_paused(name, paused, operations.local_operator())
     if paused:
         click.echo(f"queue {name!r} {'was already' if was else 'is now'} paused: running jobs finish, no new job "
                    f"starts until `nightshift resume {name}`")

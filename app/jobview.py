@@ -1,0 +1,61 @@
+"""A job as it is shown to people and programs: `nightshift show/list/dead --json`, the console and its API.
+
+Arguments, errors, tracebacks, reasons and raw message previews go through helpers.masking with the literal values
+of the secret settings, the same rules as the logs, so no view of a job shows a secret the logs would hide.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+
+import config
+from app import ledger
+from app.models import Job
+from app.states import State
+from helpers.masking import mask, secret_values
+
+
+def iso(value: datetime.datetime | None) -> str | None:
+    return value.isoformat(timespec="milliseconds") + "Z" if value else None
+
+
+def _json(text: str | None, default: object = None) -> object:
+    """A JSON column as data; a value that is not JSON (a hand-edited row) is shown as its text."""
+    if not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def job_dict(job: Job, with_attempts: bool = False) -> dict:
+    """A job with its arguments, result, errors, traceback and raw message masked; with its attempts' history
+    (the running attempt last, without an end) when asked."""
+    data = {
+        "id": job.id, "task": job.task, "queue": job.queue, "state": job.state, "attempt": job.attempt,
+        "args": _json(job.kwargs, {}), "priority": job.priority, "retries_left": job.retries_left,
+        "key": job.key, "created_at": iso(job.created_at), "eta": iso(job.eta), "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at), "duration": job.duration, "worker": job.worker,
+        "lease_expires_at": iso(job.lease_expires_at), "lease_losses": job.lease_losses,
+        "result": _json(job.result), "reason": job.reason, "error": job.error,
+        "traceback": job.traceback, "progress": _json(job.progress),
+        "raw_preview": job.raw,
+    }
+    if with_attempts:
+        data["attempts"] = [{"number": a.number, "worker": a.worker, "started_at": iso(a.started_at),
+                             "finished_at": iso(a.finished_at), "duration": a.duration, "outcome": a.outcome,
+                             "error": a.error} for a in ledger.attempts(job.id)]
+        if job.state == State.RUNNING:  # the attempt under way gets its history row when it ends
+            data["attempts"].append({"number": job.attempt, "worker": job.worker, "started_at": iso(job.started_at),
+                                     "finished_at": None, "duration": None, "outcome": None, "error": None})
+    return mask(data, secret_values(config.get()))
+
+
+def last_failed_attempt(error: str | None, attempts: list[dict]) -> int | None:
+    """The attempt the job's last error (and traceback) belongs to: the last one in its history that ended with
+    that error. The job row keeps only the latest error, which may be older than the attempt shown."""
+    for a in reversed(attempts):
+        if error and a["error"] == error:
+            return a["number"]
+    return None
