@@ -32,7 +32,7 @@ import time
 from peewee import fn
 
 import config
-from app import ledger
+from app import keys, ledger
 from app.models import Attempt, Job, WorkerBeat
 from app.queue import NightshiftHuey, get_huey
 from app.states import State
@@ -194,7 +194,7 @@ def clean_redis(report: Report, huey: NightshiftHuey, now: datetime.datetime, se
     storage = huey.storage
     conn = storage.conn
     prefix = storage.result_prefix
-    lock_prefix = f"{huey.name}.lock.".encode()
+    lock_prefix = keys.task_lock_prefix(huey.name).encode()
     sizes_of = conn.register_script(SIZES)
     unlink_checked = conn.register_script(UNLINK_CHECKED)
     alive = ledger.alive_worker_ids(huey.name, now, settings)

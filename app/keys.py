@@ -61,6 +61,7 @@ def signing_key_fingerprint(queue: str) -> str:
     return f"nightshift:{queue}:signing-key-fingerprint"
 
 
-def huey_result(queue: str, name: str) -> str:
-    """Huey's key for a stored value of `queue` (results, task locks): `huey.r.{queue}.{name}`."""
-    return f"huey.r.{queue}.{name}"
+def task_lock_prefix(queue: str) -> str:
+    """How Huey names a task lock inside its results namespace (`huey.r.{queue}.` + this + lock name); cleanup
+    finds stale locks by it (app.cleanup, app.queue.HolderLock)."""
+    return f"{queue}.lock."
