@@ -1,7 +1,6 @@
 """Dead-letter and queue operations: dead, retry, discard, cancel."""
 from __future__ import annotations
 
-import dataclasses
 
 import click
 from huey.api import Task
@@ -13,7 +12,7 @@ from app.cli.common import (EXIT_FAILED, chosen_queues, echo_json, fail, iso, js
                              queues_heading, table)
 from app.schema import open_ledger
 from app.models import WAITING, Job
-from app.queue import build_huey, get_huey
+from app.queue import get_huey
 from app.status import resolve_queues
 from app.states import State
 from helpers.masking import mask_text
@@ -64,17 +63,23 @@ def _cut(text: str, width: int) -> str:
 
 @main.command()
 @click.argument("job_ids", metavar="JOB...", nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="Every dead job of this service's queue (of --task, when given).")
+@click.option("--all", "all_", is_flag=True, help="Every dead job of this service's queue, or of --queue's (of "
+              "--task, when given).")
 @click.option("--task", help="With --all: only this task's dead jobs.")
-def retry(job_ids, all_, task):
+@queue_options
+def retry(job_ids, all_, task, queue_names, all_queues):
     """Queue dead jobs again, each as a new attempt with the task's retries, on the queue they belong to."""
     open_ledger()
     if all_ == bool(job_ids):
-        fail("name the jobs to retry, or use --all [--task T]", 2)
+        fail("name the jobs to retry, or use --all [--task T] [--queue Q]", 2)
+    if (queue_names or all_queues) and not all_:
+        fail("--queue and --all-queues choose jobs for --all; named jobs go back to their own queue", 2)
+    chosen = chosen_queues(queue_names, all_queues)
     if all_:
-        click.echo(f"nightshift: retrying the dead jobs of {queues_heading(None)}", err=True)
+        click.echo(f"nightshift: retrying the dead jobs of {queues_heading(chosen)}", err=True)
     queue = get_huey().name
-    jobs = _resolve(job_ids) if job_ids else ledger.list_jobs(State.DEAD, task, limit=1_000_000, queues=[queue])
+    jobs = (_resolve(job_ids) if job_ids else
+            ledger.list_jobs(State.DEAD, task, limit=1_000_000, queues=resolve_queues(chosen)))
     tasks, refused = [], []
     for job in jobs:
         try:
@@ -104,12 +109,11 @@ def retry(job_ids, all_, task):
 def push_to_own_queues(tasks: list[tuple[str, Task]]) -> str | None:
     """Put revived jobs, (queue, task) pairs, on the queue each belongs to (another service's queue when it
     shares the ledger); None, or what went wrong with Redis (producer.resubmit)."""
-    settings, by_queue = config.get(), {}
+    by_queue: dict[str, list[Task]] = {}
     for queue, task in tasks:
         by_queue.setdefault(queue, []).append(task)
     for name, batch in by_queue.items():
-        huey = get_huey() if name == settings.queue else build_huey(dataclasses.replace(settings, queue=name))
-        error = producer.resubmit(batch, huey)
+        error = producer.resubmit(batch, get_huey(name))
         if error is not None:
             return error
     return None
@@ -145,7 +149,7 @@ def cancel(job_ids):
             events.emit("canceled", job.id, job.task, attempt=job.attempt)
         elif job.state == State.RUNNING and (attempt := ledger.cancel_running(job.id)) is not None:
             canceled += 1
-            canceling.publish(get_huey(), job.id)
+            canceling.publish(get_huey(job.queue), job.id)  # the channel of the queue the job runs on
             events.emit("canceled", job.id, job.task, attempt=attempt, reason="canceled while running")
         else:
             click.echo(f"nightshift: not canceled: {job.id} is {ledger.state_of(job.id)}", err=True)
