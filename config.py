@@ -80,6 +80,31 @@ def _list(raw: str) -> tuple[str, ...]:
     return items
 
 
+def parse_queues(raw: str) -> tuple[tuple[str, int], ...]:
+    """queues a consumer serves, with their worker threads: mail=2,default=4 (a name alone: NIGHTSHIFT_WORKERS)"""
+    served: dict[str, int] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        name, _, count = (part.strip() for part in item.partition("="))
+        if not name or " " in name or not name.isprintable() or len(name) > 200:
+            raise ValueError(f"{item!r}: a queue name is 1 to 200 printable characters without spaces")
+        if name in served:
+            raise ValueError(f"queue {name!r} is named twice")
+        try:
+            served[name] = int(count) if count else 0
+        except ValueError:
+            raise ValueError(f"{item!r}: the number of workers after '=' must be a whole number") from None
+        if count and served[name] < 1:
+            raise ValueError(f"{item!r}: a queue needs at least 1 worker")
+    return tuple(served.items())
+
+
+def _queues(raw: str) -> str:
+    """queue=workers pairs separated by commas, e.g. mail=2,default=4"""
+    return ",".join(f"{name}={count}" if count else name for name, count in parse_queues(raw))
+
+
 def _cron(raw: str) -> str:
     """five crontab fields (minute hour day month weekday), or off"""
     value = " ".join(raw.split())
@@ -182,6 +207,9 @@ class Settings:
     signing_key: str = setting("NIGHTSHIFT_SIGNING_KEY", "", _str,
                                "when set, messages are signed with HMAC-SHA256 and unsigned ones refused", secret=True)
     workers: int = setting("NIGHTSHIFT_WORKERS", 2, _int(1), "worker threads or processes per consumer")
+    queues: str = setting("NIGHTSHIFT_QUEUES", "", _queues,
+                            "queues one consumer serves, each with its own worker threads: mail=2,default=4 "
+                            "(empty: NIGHTSHIFT_QUEUE with NIGHTSHIFT_WORKERS)")
     worker_type: str = setting("NIGHTSHIFT_WORKER_TYPE", "thread", _choice("thread", "process", "greenlet"),
                                "how workers run")
     max_tasks_per_worker: int = setting("NIGHTSHIFT_MAX_TASKS_PER_WORKER", 0, _int(0),

@@ -14,7 +14,7 @@ from huey.api import PeriodicTask, TaskWrapper
 
 import config
 from app import flow, schedule
-from app.queue import get_huey
+from app.queue import check_queue_name, get_huey
 
 _loaded = False
 
@@ -39,12 +39,31 @@ def _registering(decorator: Callable[[Callable], TaskWrapper]) -> Callable[[Call
     return register
 
 
+def _route(options: dict) -> str | None:
+    """The task's own queue (`queue="mail"`), checked at import; None: the service's queue (NIGHTSHIFT_QUEUE)."""
+    queue = options.pop("queue", None)
+    if queue is not None:
+        try:
+            check_queue_name(queue)
+        except ValueError as exc:
+            raise BadArguments(f"queue=: {exc}") from None
+    return queue
+
+
+def queue_of(task_class: type, queue: str | None = None) -> str:
+    """Where a job of `task_class` goes: `queue` when the submitter chose one, else the task's declared queue,
+    else the service's (NIGHTSHIFT_QUEUE)."""
+    return queue or getattr(task_class, "queue", None) or config.get().queue
+
+
 def task(**options: Any) -> Callable[[Callable], TaskWrapper]:
     """Register a task. Takes Huey's options (retries, retry_delay, retry_backoff, timeout, priority, expires,
-    context, name), `store_result=True` for tasks whose return value someone reads, `lease=SECONDS` for a task
+    context, name), `queue="mail"` (the queue its jobs go to unless a submitter chooses another; default
+    NIGHTSHIFT_QUEUE), `store_result=True` for tasks whose return value someone reads, `lease=SECONDS` for a task
     that may block its worker (holding the GIL) longer than NIGHTSHIFT_LEASE_SECONDS, and the flow limits held
     across all consumers (app.flow): `rate_limit="5/s"`, `concurrency=N`, `concurrency_key="argument"`."""
     options.setdefault("store_result", False)
+    options["queue"] = _route(options)
     register = _registering(get_huey().task(**options))
 
     def checked(func: Callable) -> TaskWrapper:
@@ -62,6 +81,7 @@ def periodic_task(validate_datetime: Callable, tz: str | None = None,
     if tz is not None:
         schedule.zone(tz)  # an unknown zone fails at import, not at the first tick
     validate_datetime = schedule.Zoned(validate_datetime, tz)
+    options["queue"] = _route(options)
     register = _registering(get_huey().periodic_task(validate_datetime, **options))
 
     def keep_schedule(func: Callable) -> TaskWrapper:
@@ -181,6 +201,7 @@ def describe(task_class: type) -> dict:
         "priority": task_class.default_priority,
         "periodic": issubclass(task_class, PeriodicTask),
         "store_result": bool(getattr(task_class, "store_result", False)),
+        "queue": queue_of(task_class),
     }
 
 

@@ -40,20 +40,22 @@ def rss_bytes() -> int:
 
 
 class Keeper(threading.Thread):
-    """Renews the leases of the jobs this process runs and records its heartbeat."""
+    """Renews the leases of the jobs this process runs and records its heartbeat: one per process, whatever the
+    number of queues it serves (the beat's queue column lists them, "mail,default")."""
 
-    def __init__(self, huey) -> None:
+    def __init__(self, hueys: list) -> None:
         super().__init__(name="nightshift-keeper", daemon=True)
-        self.huey = huey
-        self.queue = huey.name
-        self.redis = huey.storage.conn
+        self.hueys = hueys
+        self.huey = hueys[0]  # the Redis connection (one Redis for every queue)
+        self.queue = ",".join(h.name for h in hueys)
+        self.redis = self.huey.storage.conn
         self.stop_event = threading.Event()
         self.started_at = ledger.now()
 
     def run(self) -> None:
         settings = config.get()
         next_beat = next_sync = 0.0
-        outage = db.Outage("keeper", on_end=lambda: recovery.hold_leases(self.huey))
+        outage = db.Outage("keeper", on_end=lambda: [recovery.hold_leases(h) for h in self.hueys])
         while not self.stop_event.is_set():
             now = list(identity.running.items())
             shortest = min([entry.lease for _, entry in now] + [settings.lease_seconds])
@@ -107,18 +109,19 @@ _keeper: Keeper | None = None
 _keeper_pid: int | None = None
 
 
-def start_keeper(huey) -> None:
-    """Once per process that runs jobs (the consumer, or each forked process worker)."""
+def start_keeper(hueys: list) -> None:
+    """Once per process that runs jobs (the consumer, or each forked process worker), for all its queues."""
     global _keeper, _keeper_pid
     if _keeper_pid == os.getpid():
         return
     identity.worker_id()
     _keeper_pid = os.getpid()
-    _keeper = Keeper(huey)
+    _keeper = Keeper(hueys)
     _keeper.sync_clock()
     _keeper.start()
     canceling.install_wakeup_handler()
-    canceling.Listener(huey, lifecycle.stop_canceled).start()
+    for huey in hueys:  # an operator's cancel is published on the channel of the job's queue
+        canceling.Listener(huey, lifecycle.stop_canceled).start()
 
 
 def stop_keeper(reason: str = "stopped") -> None:
@@ -184,33 +187,34 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 
 class Maintenance(threading.Thread):
-    """Runs recovery every NIGHTSHIFT_RECOVERY_INTERVAL, in one consumer at a time (a Redis lock per run).
+    """Runs recovery every NIGHTSHIFT_RECOVERY_INTERVAL for each queue this consumer serves, in one consumer at a
+    time per queue (a Redis lock per queue and run).
 
     The lock (SET NX PX 0.9 x interval) is the same once-per-period-across-consumers rule as the periodic
     tick key (app.schedule): whichever consumer takes it runs recovery for that interval; if it dies the lock
     expires and another consumer runs the next one. Recovery stays here rather than being a periodic task
     because it must run even when the queue is too blocked to deliver a periodic job."""
 
-    def __init__(self, huey) -> None:
+    def __init__(self, hueys: list) -> None:
         super().__init__(name="nightshift-maintenance", daemon=True)
-        self.huey = huey
+        self.hueys = hueys
         self.stop_event = threading.Event()
 
     def run(self) -> None:
         interval = config.get().recovery_interval
-        lock_key = keys.recovery_lock(self.huey.name)
-        outage = db.Outage("recovery", on_end=lambda: recovery.hold_leases(self.huey))
+        outage = db.Outage("recovery", on_end=lambda: [recovery.hold_leases(h) for h in self.hueys])
         while not self.stop_event.is_set():
             try:
                 if outage.since is not None:  # back? then leases are held (outage.on_end) before recovery runs
                     db.database.obj.execute_sql("SELECT 1")
                     outage.ended()
-                # Held for most of an interval, and at least as long as one run can take with its confirmation
-                # pause, so two consumers' runs never overlap.
-                if leader.take(self.huey.storage.conn, lock_key, identity.WORKER_ID,
-                               max(interval * 0.9, recovery.CONFIRM_SECONDS + 1)):
-                    recovery.recover(self.huey)
-                    outage.ended()
+                for huey in self.hueys:
+                    # Held for most of an interval, and at least as long as one run can take with its
+                    # confirmation pause, so two consumers' runs of one queue never overlap.
+                    if leader.take(huey.storage.conn, keys.recovery_lock(huey.name), identity.WORKER_ID,
+                                   max(interval * 0.9, recovery.CONFIRM_SECONDS + 1)):
+                        recovery.recover(huey)
+                        outage.ended()
             except redis.RedisError as exc:
                 log.warning("recovery skipped: Redis unreachable (%s)", exc)
             except Exception as exc:  # noqa: BLE001
@@ -273,21 +277,41 @@ class TickScheduler(Scheduler):
 
 
 class NightshiftConsumer(Consumer):
+    """Huey's consumer of `huey` (the service's queue, whose scheduler enqueues periodic tasks), plus the worker
+    threads of other queues (`others`: (Huey of the queue, workers) pairs) run under the same loop, signals and
+    graceful shutdown: one process, one scheduler, one keeper and one maintenance thread, and each queue its own
+    workers, so long jobs on one queue never hold up another. `huey` may have 0 workers (a consumer of other
+    queues only)."""
     # Periodic tasks: one consumer per tick enqueues them, however many consumers run (app.schedule).
     scheduler_class = TickScheduler
     worker_class = NightshiftWorker
 
-    def __init__(self, huey, max_memory_mb: int = 0, **options) -> None:
+    def __init__(self, huey, max_memory_mb: int = 0, others: list | tuple = (), **options) -> None:
         options.setdefault("graceful_signal", "TERM")
         # A recycled or dead process worker is replaced within this many seconds (Huey's default is 10 s, during
         # which its share of the queue waits); the check is a few is_alive() calls.
         options.setdefault("health_check_interval", 0.25)
         super().__init__(huey, **options)
+        if others and self.environment.forks:
+            raise ValueError("one consumer serves several queues with thread workers only "
+                             "(NIGHTSHIFT_WORKER_TYPE=thread); start one process consumer per queue instead")
+        self.served = ([(huey, self.workers)] if self.workers else []) + [(h, n) for h, n in others if n]
+        hueys = [h for h, _ in self.served] or [huey]
+        for other, count in others:
+            other._timeout_handler = self.environment.timeout  # Huey private: as Consumer.__init__ does for huey
+            for index in range(count):
+                worker = self._worker_for(other)
+                self.worker_threads.append((worker, self._create_process(worker, f"Worker-{other.name}-{index + 1}")))
+            # Each queue has its own schedule (delayed jobs, retries that wait): a plain Huey scheduler moves its
+            # due messages to its queue; periodic tasks stay with the one TickScheduler above.
+            schedule = self._schedule_mover(other)
+            self.worker_threads.append((schedule, self._create_process(schedule, f"Scheduler-{other.name}")))
         # Both SIGTERM and SIGINT drain gracefully; a second one stops at once.
         self._signal_actions[signal.SIGINT] = (False, True)
         self._signal_actions[signal.SIGTERM] = (False, True)
-        self.maintenance = Maintenance(huey)
-        huey.on_startup("nightshift_keeper")(lambda: start_keeper(huey))
+        self.maintenance = Maintenance(hueys)
+        for served in hueys:
+            served.on_startup("nightshift_keeper")(lambda: start_keeper(hueys))
         NightshiftWorker.max_memory = max_memory_mb * 2**20
         if not self.environment.forks:
             NightshiftWorker.restart_consumer = self.restart_to_release_memory
@@ -298,16 +322,39 @@ class NightshiftConsumer(Consumer):
             huey.on_shutdown("nightshift_keeper")(
                 lambda: stop_keeper("recycled" if NightshiftWorker.recycled else "stopped"))
 
+    def _worker_for(self, huey) -> NightshiftWorker:
+        return self.worker_class(huey=huey, stop_flag=self.stop_flag, default_delay=self.default_delay,
+                                 max_delay=self.max_delay, backoff=self.backoff, max_tasks=self.max_tasks)
+
+    def _schedule_mover(self, huey) -> Scheduler:
+        return Scheduler(huey, self.stop_flag, self.scheduler_interval, periodic=False)
+
+    def check_worker_health(self) -> bool:
+        """Huey's health check, except a dead worker is replaced by one of the same queue."""
+        restarted = False
+        for index, (worker, process) in enumerate(self.worker_threads):
+            if not self.environment.is_alive(process):
+                log.warning("%s %d of queue %r died, restarting it", type(worker).__name__, index + 1,
+                            worker.huey.name)
+                worker = (self._schedule_mover(worker.huey) if isinstance(worker, Scheduler)
+                          else self._worker_for(worker.huey))
+                kind = "Scheduler" if isinstance(worker, Scheduler) else "Worker"
+                process = self._create_process(worker, f"{kind}-{worker.huey.name}-{index + 1}")
+                process.start()
+                self.worker_threads[index] = (worker, process)
+                restarted = True
+        return super().check_worker_health() and not restarted  # (all workers alive now: the scheduler's check)
+
     def start(self) -> None:
-        paused = pausing.is_paused_in_ledger(self.huey.name)
-        pausing.publish(self.huey, self.huey.name, paused)  # the ledger's state, also after Redis lost its data
-        if paused:
-            log.warning("queue %r is paused: no job starts until `nightshift resume %s`", self.huey.name,
-                        self.huey.name)
+        for huey, _ in self.served:
+            paused = pausing.is_paused_in_ledger(huey.name)
+            pausing.publish(huey, huey.name, paused)  # the ledger's state, also after Redis lost its data
+            if paused:
+                log.warning("queue %r is paused: no job starts until `nightshift resume %s`", huey.name, huey.name)
         super().start()
         self.maintenance.start()
-        log.info("consumer %s started: %d %s worker(s) on queue %r", identity.WORKER_ID, self.workers,
-                 self.worker_type, self.huey.name)
+        log.info("consumer %s started: %s %s worker(s)", identity.WORKER_ID,
+                 ", ".join(f"{n} on queue {h.name!r}" for h, n in self.served) or "no", self.worker_type)
 
     def stop(self, graceful: bool = False) -> None:
         if graceful:  # said at once: Huey's own lines come only when the wait is over

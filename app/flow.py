@@ -111,9 +111,9 @@ def limits_of(task_class: type) -> Limits | None:
 def slot_key(huey: Any, task: Task, limits: Limits) -> str:
     name = type(task).__name__
     if limits.key is None:
-        return keys.concurrency(huey.name, name)
+        return keys.concurrency(huey.service, name)
     value = task.kwargs.get(limits.key)
-    return keys.concurrency(huey.name, name, value if isinstance(value, str) else repr(value))
+    return keys.concurrency(huey.service, name, value if isinstance(value, str) else repr(value))
 
 
 def slot_member(task: Task) -> str:
@@ -139,7 +139,7 @@ def admit(huey: Any, task: Task, lease: float) -> Admission:
         if wait > 0:
             return Admission(wait=min(wait, POLL) * random.uniform(0.5, 1.0))
     if limits.interval is not None:
-        reserved, wait = conn.eval(RATE_SCRIPT, 1, keys.rate(huey.name, type(task).__name__), limits.interval,
+        reserved, wait = conn.eval(RATE_SCRIPT, 1, keys.rate(huey.service, type(task).__name__), limits.interval,
                                    MAX_SLEEP)
         wait = float(wait)
         if not int(reserved):

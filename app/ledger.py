@@ -12,6 +12,7 @@ import operator
 import uuid
 from typing import Any, Iterable
 
+import peewee
 from peewee import fn
 
 import config
@@ -499,14 +500,26 @@ def gone_after(settings: config.Settings) -> float:
     return 3 * settings.heartbeat_seconds
 
 
+def served_by(queue: str) -> peewee.Expression:
+    """WHERE condition that may match consumers serving `queue` (a beat's queue column lists them: "mail,default");
+    narrow the rows with `serves`, which is exact (this LIKE is case-insensitive on some databases)."""
+    return (WorkerBeat.queue == queue) | WorkerBeat.queue.contains(queue)
+
+
+def serves(beat_queues: str | None, queue: str) -> bool:
+    """Whether a consumer whose beat lists `beat_queues` serves `queue`."""
+    return queue in (beat_queues or "").split(",")
+
+
 def alive_worker_ids(queue: str, now: datetime.datetime, settings: config.Settings,
                      host: str | None = None) -> set[str]:
-    """Ids of the live consumers of `queue` (on `host`, when given)."""
+    """Ids of the live consumers of `queue` (on `host`, when given), also those serving other queues too."""
     since = now - datetime.timedelta(seconds=gone_after(settings))
-    where = (WorkerBeat.queue == queue) & WorkerBeat.stopped_at.is_null() & (WorkerBeat.last_seen >= since)
+    where = served_by(queue) & WorkerBeat.stopped_at.is_null() & (WorkerBeat.last_seen >= since)
     if host:
         where &= WorkerBeat.host == host
-    return {row[0] for row in WorkerBeat.select(WorkerBeat.id).where(where).tuples()}
+    return {row[0] for row in WorkerBeat.select(WorkerBeat.id, WorkerBeat.queue).where(where).tuples()
+            if serves(row[1], queue)}
 
 
 def record_beat(worker_id: str, **fields: Any) -> None:

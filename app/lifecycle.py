@@ -281,9 +281,13 @@ def claim_or_skip(huey: NightshiftHuey, task: Task) -> None:
     monitoring.tag_job(huey, task)
 
 
+_installed: list[NightshiftHuey] = []  # every queue this consumer serves
+
+
 def install(huey: NightshiftHuey) -> None:
     """Connect the hooks above to `huey` (in the consumer only)."""
-    _outage.on_end = lambda: recovery.hold_leases(huey)
+    _installed.append(huey)
+    _outage.on_end = lambda: [recovery.hold_leases(h) for h in _installed]
     huey.on_unreadable = dead_letter_message
     huey.pre_execute("nightshift_claim")(lambda task: claim_or_skip(huey, task))
     huey.post_execute("nightshift_outcome")(lambda task, value, exc: after_execute(huey, task, value, exc))

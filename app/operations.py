@@ -15,11 +15,10 @@ from typing import Iterable
 
 from huey.api import PeriodicTask, Task
 
-import config
 from app import canceling, catalog, events, ledger, pausing, producer
 from app.models import WAITING, Job
 from app.states import State
-from app.queue import NightshiftHuey, build_huey, get_huey
+from app.queue import NightshiftHuey, get_huey
 
 
 def local_operator() -> str:
@@ -41,12 +40,9 @@ class Outcome:
 
 
 def huey_of(queue: str | None) -> NightshiftHuey:
-    """The Huey instance of `queue` (another service's, when it shares the ledger): this process's own for its
-    queue and for jobs without one."""
-    settings = config.get()
-    if queue is None or queue == settings.queue:
-        return get_huey()
-    return build_huey(dataclasses.replace(settings, queue=queue))
+    """The Huey instance of `queue` (a named queue, or another service's when it shares the ledger); this
+    process's own for its queue and for jobs without one."""
+    return get_huey(queue)
 
 
 def push_to_own_queues(tasks: list[tuple[str, Task]]) -> str | None:

@@ -24,11 +24,11 @@ from app.codec import NotJSON, ensure_json
 from app.db import database
 from app.schema import open_ledger
 from app.models import Job
-from app.queue import NightshiftHuey, get_huey
+from app.queue import NightshiftHuey, check_queue_name, get_huey
 
 log = logging.getLogger("nightshift.producer")
 
-OPTIONS = ("key", "delay", "eta", "priority", "retries")  # submit()'s own keywords; the rest are arguments
+OPTIONS = ("key", "delay", "eta", "priority", "retries", "queue")  # submit()'s own keywords; the rest are arguments
 MAX_INT = 2**31 - 1            # priority and retries are 32-bit columns in the ledger
 MAX_DELAY = 100 * 366 * 86400  # seconds: a century is more than any job waits
 MAX_KEY = 255                  # characters: the ledger's key column
@@ -72,12 +72,19 @@ def submit_direct(task: Task) -> Submission:
 
 
 def submit_tasks(tasks: list[Task], key: str | None = None, *, deliver: bool = True,
-                 warn: bool = True) -> Submission:
+                 warn: bool = True, queue: str | None = None) -> Submission:
     """Record new task instances, their arguments already checked (`build_task`, `submit_direct`), in the
-    ledger, then put them on Redis in one round trip. `deliver=False` only records them (Redis is known to be
+    ledger, then put them on Redis in one round trip per queue. Each goes to `queue`, else its task's declared
+    queue, else NIGHTSHIFT_QUEUE (catalog.queue_of). `deliver=False` only records them (Redis is known to be
     down: recovery delivers them); `warn=False` leaves telling about an unreachable Redis to the caller."""
+    if queue is not None:
+        try:
+            check_queue_name(queue)
+        except ValueError as exc:
+            raise BadOption(str(exc)) from None
     for task in tasks:
         task.attempt = 1
+        task.queue_name = catalog.queue_of(type(task), queue)
     if key is not None and (not isinstance(key, str) or ledger.storable(key, Job.key.max_length) != key):
         raise catalog.BadArguments(f"an idempotency key is text of at most {Job.key.max_length} characters "
                                    f"without NUL")
@@ -88,7 +95,8 @@ def submit_tasks(tasks: list[Task], key: str | None = None, *, deliver: bool = T
         return _submit_with_key(tasks[0], key, warn)
     # In id order: the ids are random, and inserting them sorted touches each page of the primary-key index once
     # per batch instead of once per row (a bulk insert into a big SQLite ledger costs about half as much).
-    ledger.insert_jobs(sorted((_row(task, None) for task in tasks), key=lambda row: row["id"]), get_huey().name)
+    for name, batch in _by_queue(tasks).items():
+        ledger.insert_jobs(sorted((_row(task, None) for task in batch), key=lambda row: row["id"]), name)
     _log_submitted(tasks)  # before delivery: a worker may start the job at once, and "started" comes after
     submission = Submission([t.id for t in tasks])
     if not deliver:
@@ -129,7 +137,7 @@ def _submit_with_key(task: Task, key: str, warn: bool = True) -> Submission:
             existing = ledger.job_for_key(key, window)
             if existing is not None:
                 return Submission([existing.id], existing=[existing.id])
-            ledger.insert_jobs([_row(task, key)], get_huey().name)
+            ledger.insert_jobs([_row(task, key)], task.queue_name)
     except peewee.IntegrityError:  # another producer recorded this key first
         existing = ledger.job_for_key(key, window)
         if existing is None:
@@ -166,8 +174,17 @@ def resubmit(tasks: Iterable[Task], huey: NightshiftHuey | None = None) -> str |
     return None
 
 
+def _by_queue(tasks: list[Task]) -> dict[str, list[Task]]:
+    by_queue: dict[str, list[Task]] = {}
+    for task in tasks:
+        by_queue.setdefault(task.queue_name, []).append(task)
+    return by_queue
+
+
 def _deliver(tasks: list[Task], submission: Submission, warn: bool = True) -> Submission:
-    error = resubmit(tasks)
+    error = None
+    for name, batch in _by_queue(tasks).items():
+        error = resubmit(batch, get_huey(name)) or error
     if error is not None:
         submission.delivered = False
         submission.delivery_error = error
@@ -251,22 +268,23 @@ def _arguments_of(task_name: str, arguments: dict | None, keywords: dict, option
 
 def submit(task_name: str, /, arguments: dict | None = None, *, key: str | None = None,
            delay: float | None = None, eta: datetime.datetime | None = None, priority: int | None = None,
-           retries: int | None = None, **keywords: Any) -> str:
+           retries: int | None = None, queue: str | None = None, **keywords: Any) -> str:
     """Queue one job and return its id.
 
     The task's arguments come as `arguments={...}` or as keywords (`submit("add", a=1)`); key, delay, eta,
-    priority and retries are always options. With `key`, a repeat while the first job holds the key returns the
-    first job's id instead of queueing another. An `eta` without an offset is UTC."""
+    priority, retries and queue are always options. With `key`, a repeat while the first job holds the key returns
+    the first job's id instead of queueing another. An `eta` without an offset is UTC. `queue` overrides the
+    task's own queue (`@task(queue=...)`, else NIGHTSHIFT_QUEUE)."""
     options = dict(key=key, delay=delay, eta=eta, priority=priority, retries=retries)
-    kwargs = _arguments_of(task_name, arguments, keywords, options)
+    kwargs = _arguments_of(task_name, arguments, keywords, dict(options, queue=queue))
     when = check_options(**options)
     task = build_task(task_name, kwargs, priority=priority, retries=retries, when=when)
-    return submit_tasks([task], key=key).ids[0]
+    return submit_tasks([task], key=key, queue=queue).ids[0]
 
 
 def submit_many(task_name: str, arguments: Iterable[dict], *, delay: float | None = None,
                 eta: datetime.datetime | None = None, priority: int | None = None,
-                retries: int | None = None) -> list[str]:
+                retries: int | None = None, queue: str | None = None) -> list[str]:
     """Queue many jobs of one task: one ledger transaction and one Redis round trip per call. `arguments` holds
     one dict of arguments per job; an error names the item (from 0) that caused it, and nothing is queued."""
     when = check_options(delay, eta, priority, retries)
@@ -276,7 +294,7 @@ def submit_many(task_name: str, arguments: Iterable[dict], *, delay: float | Non
             raise catalog.BadArguments(f"item {index}: expected a dict of arguments, got {type(kwargs).__name__}")
         tasks.append(build_task(task_name, kwargs, priority=priority, retries=retries, where=f"item {index}: ",
                                 when=when))
-    return submit_tasks(tasks).ids if tasks else []
+    return submit_tasks(tasks, queue=queue).ids if tasks else []
 
 
 # Direct calls, periodic runs and pipeline steps reach Huey's enqueue without a ledger row: Huey hands them here.

@@ -148,9 +148,12 @@ class NightshiftHuey(Huey):
 
     # How a task never seen before (a direct call, a periodic run, a pipeline step) is recorded and queued.
     submit_new: Callable[[Task], None] | None = None
+    # The service's queue (NIGHTSHIFT_QUEUE): what names the service's cross-queue keys (flow limits, ticks).
+    service: str = ""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.service = self.name
         self._registry = MessageRegistry()  # Huey private: the registry is built in Huey.__init__
         # What becomes of a message that cannot be read (data, error, queue); None: the error propagates.
         self.on_unreadable: Callable[[bytes, BaseException, str], None] | None = None
@@ -272,14 +275,26 @@ HUEY_PRIVATE = {
     "TaskLock._huey/_key/_ttl/_name": "queue.HolderLock: the lock's value names its holder",
     "Consumer._signal_actions": "consumer: SIGINT drains like SIGTERM",
     "Consumer._signum/_restart/_graceful": "consumer: a restart to release memory, and the goodbye beat",
+    "Consumer._create_process": "consumer: the workers of a consumer's other queues run under its loop",
     "Scheduler._next_periodic": "consumer.TickScheduler: ticks aligned to the wall clock",
 }
 
 
-def build_huey(settings: config.Settings | None = None) -> NightshiftHuey:
+def check_queue_name(name: object) -> str:
+    """A queue name as given, or ValueError: printable, no spaces, commas or '=' (a consumer records the queues it
+    serves as "mail,default" and `--queues` reads "mail=2"), at most the ledger's 200 characters."""
+    if not isinstance(name, str) or not name or len(name) > 200 or not name.isprintable() \
+            or any(c in name for c in " ,=") :
+        raise ValueError(f"a queue name is 1 to 200 printable characters without spaces, ',' or '=', got {name!r}")
+    return name
+
+
+def build_huey(settings: config.Settings | None = None, name: str | None = None) -> NightshiftHuey:
+    """The Huey instance of queue `name` (default: the service's queue, NIGHTSHIFT_QUEUE). All of a service's
+    queues share one Redis, codec and signing key; each has its own Redis keys."""
     settings = settings or config.get()
-    return NightshiftHuey(
-        settings.queue,
+    huey = NightshiftHuey(
+        name or settings.queue,
         results=False,  # results are stored by the lifecycle, only for tasks that ask (store_result=True)
         utc=True,
         serializer=JSONCodec(settings.signing_key),
@@ -288,9 +303,12 @@ def build_huey(settings: config.Settings | None = None) -> NightshiftHuey:
         expire_time=settings.result_ttl,
         read_timeout=1,
     )
+    huey.service = settings.queue
+    return huey
 
 
 _huey: NightshiftHuey | None = None
+_others: dict[str, NightshiftHuey] = {}
 
 
 def reconfigure(settings: config.Settings) -> NightshiftHuey:
@@ -298,12 +316,22 @@ def reconfigure(settings: config.Settings) -> NightshiftHuey:
     huey = get_huey()
     fresh = build_huey(settings)
     huey.name, huey.storage, huey.serializer = fresh.name, fresh.storage, fresh.serializer
+    huey.service = fresh.service
+    _others.clear()
     return huey
 
 
-def get_huey() -> NightshiftHuey:
-    """The process's Huey instance; task decorators register on it."""
+def get_huey(name: str | None = None) -> NightshiftHuey:
+    """The process's Huey instance of queue `name` (default: the service's queue, on which task decorators
+    register). Every queue's instance shares that registry, so any queue can carry any task."""
     global _huey
     if _huey is None:
         _huey = build_huey()
-    return _huey
+    if name is None or name == _huey.name:
+        return _huey
+    huey = _others.get(name)
+    if huey is None:
+        huey = build_huey(name=check_queue_name(name))
+        huey._registry = _huey._registry  # Huey private: one registry for all queues
+        _others[name] = huey
+    return huey

@@ -11,7 +11,6 @@ the ledger recorded queues (their owner is unknown, see app.schema).
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import socket
 from typing import Any, Iterable
@@ -25,7 +24,7 @@ from app import catalog, ledger, pausing
 from app import schedule as sched
 from app.preflight import check_database, check_redis
 from app.models import WAITING, Job, WorkerBeat
-from app.queue import build_huey, get_huey
+from app.queue import get_huey
 from app.states import State
 from helpers.masking import bound, mask, secret_values
 
@@ -64,7 +63,7 @@ NO_QUEUE_NAME = "(none)"  # how rows without a queue are named in output
 def known_queues() -> list[str | None]:
     """Every queue the ledger has jobs or consumers of (None: jobs from before the ledger recorded queues)."""
     names = {row[0] for row in Job.select(Job.queue).distinct().tuples()}
-    names |= {row[0] for row in WorkerBeat.select(WorkerBeat.queue).distinct().tuples()}
+    names |= {name for row in WorkerBeat.select(WorkerBeat.queue).distinct().tuples() for name in row[0].split(",")}
     return sorted(names, key=lambda name: (name is None, name or ""))
 
 
@@ -223,9 +222,9 @@ def workers(stamp: datetime.datetime, queue: str | None = None, settings: config
     queue = queue or settings.queue
     limit = gone_after(settings)
     since = stamp - datetime.timedelta(seconds=max(shown_for, limit))
-    rows = (WorkerBeat.select().where(WorkerBeat.queue == queue, WorkerBeat.last_seen >= since)
+    rows = (WorkerBeat.select().where(ledger.served_by(queue), WorkerBeat.last_seen >= since)
             .order_by(WorkerBeat.started_at.desc()).limit(200))
-    rows = list(rows)
+    rows = [beat for beat in rows if ledger.serves(beat.queue, queue)]
     running = running_by_worker([beat.id for beat in rows])
     result = []
     for beat in rows:
@@ -264,10 +263,11 @@ def alive_workers(stamp: datetime.datetime, queue: str, settings: config.Setting
                   host: str | None = None) -> tuple[int, WorkerBeat | None]:
     """(consumers of `queue` with a fresh heartbeat, the most recent beat of any consumer of it)."""
     alive = len(ledger.alive_worker_ids(queue, stamp, settings, host))
-    where = (WorkerBeat.queue == queue)
+    where = ledger.served_by(queue)
     if host:
         where &= WorkerBeat.host == host
-    latest = WorkerBeat.select().where(where).order_by(WorkerBeat.last_seen.desc()).first()
+    latest = next((beat for beat in WorkerBeat.select().where(where).order_by(WorkerBeat.last_seen.desc()).limit(50)
+                   if ledger.serves(beat.queue, queue)), None)
     return alive, latest
 
 
@@ -287,7 +287,7 @@ def snapshot(settings: config.Settings | None = None, window: float = WINDOW_SEC
         elif name == settings.queue:
             on_redis = redis_counts(huey)
         else:
-            on_redis = redis_counts(build_huey(dataclasses.replace(settings, queue=name)))
+            on_redis = redis_counts(get_huey(name))
         rows.append({"name": NO_QUEUE_NAME if name is None else name,
                      "paused": name is not None and pausing.is_paused_in_ledger(name), **queue_counts(stamp, name),
                      "redis": on_redis})

@@ -19,7 +19,7 @@ from huey.storage import RedisPriorityQueue
 
 def test_every_private_name_is_listed_with_its_reason():
     from app.queue import HUEY_PRIVATE
-    assert len(HUEY_PRIVATE) == 11 and all(HUEY_PRIVATE.values())
+    assert len(HUEY_PRIVATE) == 12 and all(HUEY_PRIVATE.values())
 
 
 def test_the_registry_keeps_task_classes_by_name_in_a_dict(env):
@@ -151,3 +151,11 @@ def test_cancel_execution_from_pre_execute_skips_the_task(env):
         assert huey.execute(task) is None and ran == []
     finally:
         huey.unregister_pre_execute("contract_skip")
+
+
+def test_create_process_wraps_a_process_loop_for_the_environment():
+    """app.consumer runs the workers and schedule movers of a consumer's other queues through
+    Consumer._create_process(process, name), as Consumer.__init__ does for its own workers."""
+    assert list(inspect.signature(Consumer._create_process).parameters) == ["self", "process", "name"]
+    assert "self._create_process(worker, " in inspect.getsource(Consumer.__init__)
+    assert "process.loop()" in inspect.getsource(Consumer._create_process)

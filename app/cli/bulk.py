@@ -53,7 +53,7 @@ def check_lines(task_class: type, lines: Iterator[str], spool: IO[str]) -> tuple
 
 
 def queue_spooled(task_class: type, spool: IO[str], priority: int | None, retries: int | None,
-                  when: datetime.datetime | None) -> int:
+                  when: datetime.datetime | None, queue: str | None = None) -> int:
     """Second pass: queue the checked jobs in chunks; returns how many could not be put on Redis (recorded in
     the ledger all the same: recovery delivers them). After Redis fails once, the rest are only recorded."""
     undelivered = 0
@@ -62,22 +62,22 @@ def queue_spooled(task_class: type, spool: IO[str], priority: int | None, retrie
     for line in spool:
         chunk.append(task_class((), json.loads(line), eta=when, priority=priority, retries=retries))
         if len(chunk) == CHUNK:
-            undelivered, delivered = _submit(chunk, delivered, undelivered)
+            undelivered, delivered = _submit(chunk, delivered, undelivered, queue)
             chunk = []
     if chunk:
-        undelivered, delivered = _submit(chunk, delivered, undelivered)
+        undelivered, delivered = _submit(chunk, delivered, undelivered, queue)
     return undelivered
 
 
-def _submit(chunk: list, delivered: bool, undelivered: int) -> tuple[int, bool]:
-    submission = producer.submit_tasks(chunk, deliver=delivered, warn=False)
+def _submit(chunk: list, delivered: bool, undelivered: int, queue: str | None = None) -> tuple[int, bool]:
+    submission = producer.submit_tasks(chunk, deliver=delivered, warn=False, queue=queue)
     if not submission.delivered:
         return undelivered + len(chunk), False
     return undelivered, True
 
 
 def submit_file(task_name: str, path: str, priority: int | None = None, retries: int | None = None,
-                when: datetime.datetime | None = None) -> int:
+                when: datetime.datetime | None = None, queue: str | None = None) -> int:
     """Queue one job per line of `path` (- for stdin); returns the number queued."""
     task_class = catalog.get_task_class(task_name)
     try:
@@ -96,7 +96,7 @@ def submit_file(task_name: str, path: str, priority: int | None = None, retries:
             more = f"\n  ... and {bad - len(errors)} more" if bad > len(errors) else ""
             fail(f"{path}: {bad} bad line(s), nothing was queued:\n  " + "\n  ".join(errors) + more, EXIT_USAGE)
         spool.seek(0)
-        undelivered = queue_spooled(task_class, spool, priority, retries, when)
+        undelivered = queue_spooled(task_class, spool, priority, retries, when, queue)
     if undelivered:
         click.echo(f"nightshift: Redis is unreachable; {undelivered} job(s) are recorded in the ledger and will "
                    f"be delivered when Redis is back", err=True)

@@ -93,9 +93,11 @@ def command_line_arguments(task_name: str, args: tuple[str, ...], json_args: str
 @click.option("--priority", type=click.IntRange(-producer.MAX_INT, producer.MAX_INT), help="Higher runs first.")
 @click.option("--retries", type=click.IntRange(0, producer.MAX_INT), help="Override the task's number of retries.")
 @click.option("--key", help="Idempotency key: a repeat while the first job holds the key returns its id.")
+@click.option("--queue", metavar="NAME", help="Put the job on queue NAME instead of the task's own queue "
+              "(@task(queue=...), else NIGHTSHIFT_QUEUE).")
 @click.option("--wait", is_flag=True, help="Block until the job ends; exit 0 if it succeeded, 1 if it failed.")
 @click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after SECONDS (exit 124).")
-def submit(task_name, args, json_args, file_, delay, eta, priority, retries, key, wait, timeout):
+def submit(task_name, args, json_args, file_, delay, eta, priority, retries, key, queue, wait, timeout):
     """Queue a job of TASK and print its id (or, with --file, the number of jobs queued)."""
     if delay is not None and eta is not None:
         raise click.UsageError("--delay and --eta both say when to run: give one of them")
@@ -107,12 +109,12 @@ def submit(task_name, args, json_args, file_, delay, eta, priority, retries, key
         if args or json_args or key or wait:
             raise click.UsageError("--file takes the arguments from the file; it cannot be combined with --arg, "
                                    "--json, --key or --wait")
-        count = bulk.submit_file(task_name, file_, **options)
+        count = bulk.submit_file(task_name, file_, **options, queue=queue)
         click.echo(count)
         return
     arguments = command_line_arguments(task_name, args, json_args)
     task = producer.build_task(task_name, arguments, **options)
-    submission = producer.submit_tasks([task], key=key, warn=False)
+    submission = producer.submit_tasks([task], key=key, warn=False, queue=queue)
     job_id = submission.ids[0]
     if submission.existing:
         click.echo(f"nightshift: key {key!r} already accepted as job {job_id}; not queued again", err=True)

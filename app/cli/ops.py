@@ -60,17 +60,22 @@ def _cut(text: str, width: int) -> str:
 
 @main.command()
 @click.argument("job_ids", metavar="JOB...", nargs=-1)
-@click.option("--all", "all_", is_flag=True, help="Every dead job of this service's queue (of --task, when given).")
+@click.option("--all", "all_", is_flag=True, help="Every dead job of this service's queue, or of --queue's (of "
+              "--task, when given).")
 @click.option("--task", help="With --all: only this task's dead jobs.")
-def retry(job_ids, all_, task):
+@queue_options
+def retry(job_ids, all_, task, queue_names, all_queues):
     """Queue dead jobs again, each as a new attempt with the task's retries, on the queue they belong to."""
     open_ledger()
     if all_ == bool(job_ids):
-        fail("name the jobs to retry, or use --all [--task T]", 2)
+        fail("name the jobs to retry, or use --all [--task T] [--queue Q]", 2)
+    if (queue_names or all_queues) and not all_:
+        fail("--queue and --all-queues choose jobs for --all; named jobs go back to their own queue", 2)
+    chosen = chosen_queues(queue_names, all_queues)
     if all_:
-        click.echo(f"nightshift: retrying the dead jobs of {queues_heading(None)}", err=True)
+        click.echo(f"nightshift: retrying the dead jobs of {queues_heading(chosen)}", err=True)
     queue = get_huey().name
-    jobs = _resolve(job_ids) if job_ids else ledger.list_jobs(State.DEAD, task, limit=1_000_000, queues=[queue])
+    jobs = _resolve(job_ids) if job_ids else ledger.list_jobs(State.DEAD, task, limit=1_000_000, queues=resolve_queues(chosen))
     outcome = operations.retry(jobs, operations.local_operator(), queue)
     if outcome.delivery_error:
         click.echo(f"nightshift: Redis is unreachable ({outcome.delivery_error}); the jobs are queued in the ledger "

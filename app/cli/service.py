@@ -14,7 +14,9 @@ from helpers.masking import MASK, mask_url
 
 @main.command()
 @click.option("--workers", type=click.IntRange(min=1), help="Override NIGHTSHIFT_WORKERS.")
-def worker(workers):
+@click.option("--queues", metavar="NAME=N,...", help="Serve these queues, each with its own N worker threads "
+              "(e.g. mail=2,default=4); overrides NIGHTSHIFT_QUEUES. Default: NIGHTSHIFT_QUEUE.")
+def worker(workers, queues):
     """Run the consumer: execute jobs, run the scheduler and recovery, until SIGTERM/SIGINT."""
     from app import preflight
     from app import worker as worker_mod
@@ -24,7 +26,12 @@ def worker(workers):
         for problem in problems:
             click.echo(f"nightshift: {problem}", err=True)
         raise SystemExit(EXIT_FAILED)
-    worker_mod.run(workers)
+    if queues is not None:
+        try:
+            config.parse_queues(queues)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--queues") from None
+    worker_mod.run(workers, queues)
 
 
 @main.command()
