@@ -17,7 +17,7 @@ from peewee import fn
 import config
 from app import clock
 from app.db import database
-from app.models import FINISHED, WAITING, Attempt, Job
+from app.models import FINISHED, STATES, WAITING, Attempt, Job
 
 BATCH = 400  # rows per INSERT; keeps under SQLite's and PostgreSQL's parameter limits
 PREVIEW_BYTES = 2048
@@ -387,10 +387,15 @@ def mark_refused(job_id: str, queue: str, reason: str, raw: bytes) -> bool:
 # -- queries -------------------------------------------------------------------------------------------------------
 
 def get(job_id: str) -> Job | None:
-    """A job by id, or by a unique prefix of its id (as printed in lists)."""
+    """A job by id, or by a unique prefix of its id (as printed in lists).
+
+    The prefix is looked up as a range of the primary key (prefix <= id < the next prefix) as well as by LIKE:
+    LIKE alone is not an index search on either ledger (SQLite's is case-insensitive, PostgreSQL's needs a C
+    collation), so it read every row of a big ledger."""
     job = Job.get_or_none(Job.id == job_id)
-    if job is None and 4 <= len(job_id) < 36:
-        matches = list(Job.select().where(Job.id.startswith(job_id)).limit(2))
+    if job is None and 4 <= len(job_id) < 36 and job_id[-1] < "\uffff":
+        after = job_id[:-1] + chr(ord(job_id[-1]) + 1)
+        matches = list(Job.select().where(Job.id >= job_id, Job.id < after, Job.id.startswith(job_id)).limit(2))
         job = matches[0] if len(matches) == 1 else None
     return job
 
@@ -409,15 +414,29 @@ def in_queues(queues: Iterable[str | None]):
 
 def list_jobs(state: str | None = None, task: str | None = None, limit: int = 50,
               queues: Iterable[str | None] | None = None) -> list[Job]:
-    """Newest jobs first; of the given queues only (see in_queues; None: every job)."""
-    query = Job.select()
-    if queues is not None:
-        query = query.where(in_queues(queues))
-    if state:
-        query = query.where(Job.state == state)
-    if task:
-        query = query.where(Job.task == task)
-    return list(query.order_by(Job.created_at.desc(), Job.id).limit(limit))
+    """Newest jobs first; of the given queues only (see in_queues; None: every job).
+
+    With queues, read as the newest `limit` of each (queue, state) in the order of the (queue, state, created_at)
+    index, merged here: one ORDER BY over all of a queue's jobs had the database sort every one of them (seconds
+    on a ledger of a million finished jobs) to return fifty."""
+    if queues is None:
+        query = Job.select()
+        if state:
+            query = query.where(Job.state == state)
+        if task:
+            query = query.where(Job.task == task)
+        return list(query.order_by(Job.created_at.desc(), Job.id).limit(limit))
+    found: list[Job] = []
+    for name in dict.fromkeys(queues):
+        for one_state in ([state] if state else STATES):
+            query = Job.select().where(Job.queue.is_null() if name is None else Job.queue == name,
+                                       Job.state == one_state)
+            if task:
+                query = query.where(Job.task == task)
+            found.extend(query.order_by(Job.created_at.desc(), Job.id).limit(limit))
+    found.sort(key=lambda job: job.id)
+    found.sort(key=lambda job: job.created_at, reverse=True)  # stable: ties stay in id order
+    return found[:limit]
 
 
 def state_of(job_id: str) -> str | None:

@@ -57,6 +57,8 @@ class Job(BaseModel):
         indexes = ((("state", "task"), False),
                    (("queue", "state", "updated_at"), False),        # lost-message recovery, waiting jobs
                    (("queue", "state", "lease_expires_at"), False),  # lease recovery
+                   # `list`: the newest jobs of a queue (and state) in index order, never a sort of the whole queue
+                   (("queue", "state", "created_at"), False),
                    (("finished_at",), False))  # throughput and recent-window figures (app.status)
 
 
