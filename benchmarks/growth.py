@@ -331,6 +331,7 @@ def main() -> int:
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="nightshift-growth-"))
+    revision = code_revision()
     server = PrivateRedis(work / "redis").start()
     load_start = os.getloadavg()[0]
     try:
@@ -339,7 +340,7 @@ def main() -> int:
             for rows in (0, args.rows):
                 runs.append(measure(kind, rows, args, server.url, work))
         report = {"meta": {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                           "revision": code_revision(), "jobs": args.jobs, "rows": args.rows,
+                           "revision": revision, "jobs": args.jobs, "rows": args.rows,
                            "cpus": os.cpu_count(), "python": platform.python_version(),
                            "loadavg_start": load_start, "loadavg_end": os.getloadavg()[0]},
                   "runs": runs}

@@ -507,8 +507,10 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=20000, help="jobs per figure (default 20000)")
     parser.add_argument("--batch", type=int, default=1000, help="bulk batch size (default 1000)")
     parser.add_argument("--systems", default=",".join(PEERS), help=f"comma-separated, of {','.join(PEERS)}")
-    parser.add_argument("--latency-jobs", type=int, default=500)
-    parser.add_argument("--latency-interval", type=float, default=0.01, help="seconds between latency jobs")
+    parser.add_argument("--latency-jobs", type=int, default=200)
+    parser.add_argument("--latency-interval", type=float, default=0.05,
+                        help="seconds between latency jobs (default 0.05: 20 jobs/s, below every system's drain rate "
+                             "but RQ's and arq's with one worker)")
     parser.add_argument("--cli-runs", type=int, default=15, help="runs of `nightshift submit` (0: skip)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds one step may take")
     parser.add_argument("--drain-cap", type=float, default=60,
@@ -523,6 +525,7 @@ def main() -> int:
         parser.error(f"unknown system(s): {', '.join(sorted(unknown))}")
 
     work = Path(tempfile.mkdtemp(prefix="nightshift-peers-"))
+    revision = code_revision()  # now: the tree may change while the run goes on
     server = None
     try:
         def log(message: str) -> None:
@@ -544,7 +547,7 @@ def main() -> int:
                 results[system] = {"error": str(exc)}
         report = {
             "meta": {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                     "revision": code_revision(), "jobs": args.jobs, "batch": args.batch,
+                     "revision": revision, "jobs": args.jobs, "batch": args.batch,
                      "latency_jobs": args.latency_jobs, "drain_cap": args.drain_cap,
                      "latency_interval": args.latency_interval,
                      "cpus": os.cpu_count(), "python": platform.python_version(),
