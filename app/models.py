@@ -54,7 +54,9 @@ class Job(BaseModel):
 
     class Meta:
         table_name = "nightshift_job"
-        indexes = ((("state", "task"), False),
+        # (state, finished_at) replaced (state, task) in issue 16: cleanup takes the oldest finished jobs of a
+        # state by it, and status the latest dead job; app.schema drops the old index from existing ledgers.
+        indexes = ((("state", "finished_at"), False),
                    (("queue", "state", "updated_at"), False),        # lost-message recovery, waiting jobs
                    (("queue", "state", "lease_expires_at"), False),  # lease recovery
                    # `list`: the newest jobs of a queue (and state) in index order, never a sort of the whole queue

@@ -4,7 +4,8 @@
     .venv/bin/python benchmarks/growth.py [--rows 1000000] [--jobs 10000] [--ledgers sqlite,postgres]
 
 For each ledger kind and each size (0 and --rows finished jobs of the benchmark's own queue, with one attempt row
-each, 1 % of them dead, all finished 31-60 days ago, so past both retentions), on one private redis-server:
+each, 1 % of them dead, all finished 31-60 days ago, so past both retentions; inserted oldest first with random
+ids, as a ledger fills), on one private redis-server:
 
   fill          the rows go in with one INSERT ... SELECT generated in SQL (recursive CTE / generate_series)
   submit        --jobs `app.submit()` calls in this process, the consumer frozen (SIGSTOP)
@@ -59,7 +60,7 @@ FROM (SELECT lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-
              || lower(hex(randomblob(6))) AS id,
              CASE WHEN mod(x, 100) = 0 THEN 'dead' ELSE 'succeeded' END AS state,
              strftime('%Y-%m-%d %H:%M:%f', ?, '-' || (31 * 86400 + x * 29 * 86400 / {rows}) || ' seconds') AS stamp
-      FROM c ORDER BY id)
+      FROM c ORDER BY x DESC)
 """
 FILL_PG = """
 INSERT INTO nightshift_job (id, task, kwargs, state, attempt, retries_left, retry_delay, priority, created_at,
@@ -68,12 +69,12 @@ SELECT id, 'bench_noop', '{{}}', state, 1, 0, 0, 0, stamp, stamp, stamp, stamp, 
        CASE state WHEN 'dead' THEN 'RuntimeError: boom' END
 FROM (SELECT gen_random_uuid()::text AS id, CASE WHEN mod(x, 100) = 0 THEN 'dead' ELSE 'succeeded' END AS state,
              %s::timestamp - make_interval(secs => 31 * 86400 + x::float8 * 29 * 86400 / {rows}) AS stamp
-      FROM generate_series(1, {rows}) AS x) AS rows
+      FROM generate_series({rows}, 1, -1) AS x) AS rows
 """
 FILL_ATTEMPTS = """
 INSERT INTO nightshift_attempt (job_id, number, worker, started_at, finished_at, duration, outcome, error)
 SELECT id, 1, worker, started_at, finished_at, duration, CASE state WHEN 'dead' THEN 'failed' ELSE state END, error
-FROM nightshift_job
+FROM nightshift_job ORDER BY finished_at
 """
 
 # The probe: a worker's three ledger writes per job, each timed, every 20 ms until the stop file appears.
