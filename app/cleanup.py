@@ -22,17 +22,20 @@ Redis), so two cleanups at once remove each thing once between them and report o
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import itertools
 import logging
 import re
 import time
+from typing import Iterator
 
 from peewee import fn
 
 import config
 from app import keys, ledger
+from app.db import is_sqlite
 from app.models import Attempt, Job, WorkerBeat
 from app.queue import NightshiftHuey, get_huey
 from app.states import State
@@ -108,6 +111,45 @@ def days_ago(now: datetime.datetime, days: float) -> datetime.datetime:
 
 # -- ledger --------------------------------------------------------------------------------------------------------
 
+class Batches:
+    """Batch sizes for deleting many rows without holding up the workers' own ledger writes.
+
+    Each batch is one transaction. Its size shrinks (down to MIN_ROWS) while batches take longer than
+    TARGET_SECONDS and grows back up to `most` (NIGHTSHIFT_CLEANUP_BATCH) while they take less than half. On
+    SQLite, where a transaction holds the one write lock, every batch is followed by a pause of PAUSE_SECONDS:
+    a waiting worker's busy handler polls the lock at growing intervals (up to 25 ms apart in its first 100 ms,
+    then every 100 ms), so back-to-back batches left it no gap to get in, and a worker's write waited for the
+    whole cleanup (954 ms behind 40,000 rows in tests/test_growth.py). After a batch that took long (a busy
+    machine), the pause is SLOW_PAUSE_SECONDS, so that a worker already polling every 100 ms gets in too.
+    PostgreSQL locks rows, not the table: no pause."""
+
+    TARGET_SECONDS = 0.04
+    PAUSE_SECONDS = 0.03
+    SLOW_PAUSE_SECONDS = 0.11
+    MIN_ROWS = 50
+
+    def __init__(self, most: int) -> None:
+        self.most = max(int(most), 1)
+        self.limit = min(self.MIN_ROWS * 2, self.most)  # grows to what the ledger deletes within the target
+        self.longest = 0.0
+        self.pause = self.PAUSE_SECONDS if is_sqlite() else 0.0
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[int]:
+        """The number of rows the next batch may take; times the batch run inside, then pauses."""
+        started = time.monotonic()
+        yield self.limit
+        took = time.monotonic() - started
+        self.longest = max(self.longest, took)
+        if took > self.TARGET_SECONDS:
+            self.limit = max(min(self.MIN_ROWS, self.most), int(self.limit * self.TARGET_SECONDS / took))
+        elif took < self.TARGET_SECONDS / 2:
+            self.limit = min(self.most, max(self.limit + 1, int(self.limit * 1.5)))
+        if self.pause:
+            # After a long batch, a waiting worker polls only every 100 ms: stay out long enough for one poll.
+            time.sleep(self.pause if took < self.TARGET_SECONDS * 1.5 else self.SLOW_PAUSE_SECONDS)
+
+
 def _count_finished(before: datetime.datetime, states: tuple[str, ...]) -> tuple[int, int, int]:
     finished = Job.state.in_(states) & (Job.finished_at < before)
     jobs, size = Job.select(fn.COUNT(Job.id), fn.SUM(ledger.row_bytes(Job, ledger.TEXT_COLUMNS))) \
@@ -127,8 +169,10 @@ def clean_ledger(report: Report, now: datetime.datetime, settings: config.Settin
             jobs, attempts, size = _count_finished(before, states)
         else:
             jobs = attempts = size = 0
+            batches = Batches(settings.cleanup_batch)
             while True:  # until a batch finds nothing: a concurrent cleanup may take part of ours
-                done, history, freed = ledger.delete_finished(before, states, settings.cleanup_batch)
+                with batches.timed() as limit:
+                    done, history, freed = ledger.delete_finished(before, states, limit)
                 if not done:
                     break
                 jobs, attempts, size = jobs + done, attempts + history, size + freed
@@ -145,8 +189,10 @@ def clean_ledger(report: Report, now: datetime.datetime, settings: config.Settin
         report.previews += int(count or 0)
         report.previews_bytes += max(int(size or 0) - int(count or 0) * len(ledger.PREVIEW_REMOVED), 0)
     else:
+        batches = Batches(settings.cleanup_batch)
         while True:
-            done, freed = ledger.drop_previews(before, settings.cleanup_batch)
+            with batches.timed() as limit:
+                done, freed = ledger.drop_previews(before, limit)
             if not done:
                 break
             report.previews += done

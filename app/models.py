@@ -52,9 +52,13 @@ class Job(BaseModel):
 
     class Meta:
         table_name = "nightshift_job"
-        indexes = ((("state", "task"), False),
+        # (state, finished_at) replaced (state, task) in issue 16: cleanup takes the oldest finished jobs of a
+        # state by it, and status the latest dead job; app.schema drops the old index from existing ledgers.
+        indexes = ((("state", "finished_at"), False),
                    (("queue", "state", "updated_at"), False),        # lost-message recovery, waiting jobs
                    (("queue", "state", "lease_expires_at"), False),  # lease recovery
+                   # `list`: the newest jobs of a queue (and state) in index order, never a sort of the whole queue
+                   (("queue", "state", "created_at"), False),
                    (("finished_at",), False),  # throughput and recent-window figures (app.status)
                    # Newest-first job lists paged by (created_at, id) keys (the console, app.web.queries): one
                    # ordered index for all jobs and one per filter that is usually selective, so a page reads

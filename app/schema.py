@@ -80,11 +80,18 @@ def has_tables(db: peewee.Database) -> bool:
     return db.table_exists(Job._meta.table_name)
 
 
+# Indexes an older version made that this one replaced: every index costs each job's writes, so they go.
+OBSOLETE_INDEXES = ("job_state_task",)  # by (state, finished_at), issue 16
+
+
 def create_tables(db: peewee.Database) -> None:
-    """Create whatever tables and indexes are missing (after upgrading the tables that exist)."""
+    """Create whatever tables and indexes are missing (after upgrading the tables that exist), and drop the
+    indexes this version replaced."""
     if has_tables(db):
         upgrade(db)
     db.create_tables(ALL, safe=True)
+    for name in OBSOLETE_INDEXES:
+        db.execute_sql(f'DROP INDEX IF EXISTS "{name}"')
 
 
 def upgrade(db: peewee.Database) -> None:

@@ -102,7 +102,7 @@ def rows(count: int, seed: int = 15):
 
 def fill(url: str, count: int) -> float:
     """Create the ledger at `url` and insert `count` jobs (plus attempts of dead jobs and three live workers)."""
-    from app import ledger, schema
+    from app import db, ledger, schema
     from app.models import Attempt, Job, WorkerBeat
     started = time.perf_counter()
     database = schema.open_ledger(url)

@@ -67,7 +67,7 @@ def test_two_services_on_one_ledger_do_not_touch_each_others_jobs(env, start_wor
 
 def make_old_ledger(db) -> None:
     """Turn this test's fresh ledger into one as the version before `queue` left it."""
-    for index in ("job_queue_state_updated_at", "job_queue_state_lease_expires_at"):
+    for index in ("job_queue_state_updated_at", "job_queue_state_lease_expires_at", "job_queue_state_created_at"):
         db.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
     db.execute_sql('ALTER TABLE "nightshift_job" DROP COLUMN "queue"')
 
