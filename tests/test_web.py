@@ -471,7 +471,7 @@ def test_an_older_ledger_gets_the_console_indexes_and_the_audit_table(env):
     from app import db, schema
     from app.models import Action, Job
     database = db.database.obj
-    new_indexes = [name for name in (i._name for i in Job._meta.fields_to_index()) if "created_at" in name]
+    new_indexes = [name for name in (i._name for i in Job._meta.fields_to_index()) if name.endswith("created_at_id")]  # the console's
     assert len(new_indexes) == 3
     for name in new_indexes:
         database.execute_sql(f'DROP INDEX "{name}"')
