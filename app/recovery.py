@@ -150,9 +150,10 @@ def recover_lost_messages(huey: NightshiftHuey, report: Report, now: datetime.da
     rows are read CONFIRM_CHUNK at a time, each chunk sent before the next is read. (Loading every waiting job
     as a row object took a consumer to ~190 MB when it started on a backlog of 200,000 jobs.)
 
-    A message a worker pops after the scan passed it is missing from both the scan and, until the worker's claim
-    lands, from the ledger's running jobs: such jobs are looked up again CONFIRM_SECONDS later, and only those
-    still waiting at the same attempt are sent again."""
+    A message a worker pops while Redis is read is missing from the scan, and its job still looks waiting in the
+    ledger until that worker's claim lands: jobs that look lost are looked up again CONFIRM_SECONDS later, and
+    only those still waiting at the same attempt are sent again. (A job whose state changed since the cutoff is
+    not considered at all: updated_at is newer.)"""
     cutoff = now - datetime.timedelta(seconds=config.get().recovery_grace)
     present = message_ids(huey)
     report.queued_in_redis = len(present)

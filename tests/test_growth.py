@@ -149,7 +149,8 @@ def test_cleanup_finds_each_batch_by_index_and_deletes_it_by_id(env, ledger_db):
     assert deletes and not plans.scans(), plans.seen
     if not USE_PG:
         for _sql, plan in deletes:
-            assert plan[0].startswith("SEARCH nightshift_job USING INDEX sqlite_autoindex_nightshift_job_1 (id=?)"), plan
+            by_id = "SEARCH nightshift_job USING INDEX sqlite_autoindex_nightshift_job_1 (id=?)"
+            assert plan[0].startswith(by_id), plan
             assert any("(state=? AND finished_at<?)" in step for step in plan), plan
 
 
