@@ -59,3 +59,22 @@ def last_failed_attempt(error: str | None, attempts: list[dict]) -> int | None:
         if error and a["error"] == error:
             return a["number"]
     return None
+
+
+def ago(seconds: float | None) -> str:
+    """A short duration as people read it, in the CLI and the console alike: 850ms, 12s, 4m05s, 3h02m, 2d04h."""
+    if seconds is None:
+        return "-"
+    seconds = max(seconds, 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h{minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d{hours:02d}h"

@@ -10,6 +10,7 @@ import click
 
 import config
 from app.cli.root import main
+from app.jobview import ago
 from app.schema import open_ledger
 from app.cli.common import EXIT_FAILED, chosen_queues, echo_json, fail, queue_options
 
@@ -28,29 +29,10 @@ def table(rows: list[list], headers: list[str]) -> str:
     return "\n".join([line(headers)] + [line(row) for row in rows])
 
 
-def _ago(seconds: float | None) -> str:
-    """A short duration: 850ms, 12s, 4m05s, 3h02m, 2d04h."""
-    if seconds is None:
-        return "-"
-    seconds = max(seconds, 0.0)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
 def _secs(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value * 1000:.0f}ms" if value < 1 else _ago(value)
+    return f"{value * 1000:.0f}ms" if value < 1 else ago(value)
 
 
 def _mb(value: int) -> str:
@@ -71,7 +53,7 @@ def render(data: dict) -> str:
         redis = q["redis"]
         on_redis = f"{redis['queued']}+{redis['scheduled']}" if redis.get("ok") else "DOWN"
         rows.append([_cut(q["name"], 16), q["waiting"], q["scheduled"], q["running"], q["retrying"], q["dead"],
-                     _ago(q["oldest_waiting_seconds"]) if q["oldest_waiting_seconds"] is not None else "-",
+                     ago(q["oldest_waiting_seconds"]) if q["oldest_waiting_seconds"] is not None else "-",
                      on_redis])
     lines.append(table(rows, ["QUEUE", "WAITING", "SCHED", "RUNNING", "RETRY", "DEAD", "OLDEST", "REDIS"]))
     for q in data["queues"]:
@@ -83,7 +65,7 @@ def render(data: dict) -> str:
     rate = data["throughput_per_minute"]
     lines += ["", "throughput (jobs/min):  " + "   ".join(f"{k} {v:g}" for k, v in rate.items())]
 
-    window = _ago(data["window_seconds"]).replace("m00s", "m").replace("h00m", "h")
+    window = ago(data["window_seconds"]).replace("m00s", "m").replace("h00m", "h")
     lines += ["", f"tasks (finished in the last {window}):"]
     rows = []
     for t in data["tasks"]:
@@ -92,7 +74,7 @@ def render(data: dict) -> str:
         last = "-"
         if failure:
             when = _dt(failure["at"].rstrip("Z")) if failure["at"] else None
-            last = (_ago((stamp - when).total_seconds()) + " ago " if when else "") + (failure["error"] or "")
+            last = (ago((stamp - when).total_seconds()) + " ago " if when else "") + (failure["error"] or "")
         rows.append([_cut(t["task"], 24), t["finished"], rate_, _secs(t["p50"]), _secs(t["p95"]), t["running"],
                      t["waiting"], last])
     if rows:
@@ -110,13 +92,13 @@ def render(data: dict) -> str:
         current = w["current"]
         if current:
             job = current[0]
-            doing = f"{_cut(job['task'], 14)} {job['id'][:8]} {_ago(job.get('running_for'))}"
+            doing = f"{_cut(job['task'], 14)} {job['id'][:8]} {ago(job.get('running_for'))}"
             if len(current) > 1:
                 doing += f" +{len(current) - 1}"
         else:
             doing = "idle" if w["status"] == "alive" else "-"
-        started = _ago(w["uptime"]) if w["status"] == "alive" else w["started_at"][5:16].replace("T", " ")
-        rows.append([_cut(w["id"], 22), w["status"], started, w["jobs_done"], _ago(w["heartbeat_age"]),
+        started = ago(w["uptime"]) if w["status"] == "alive" else w["started_at"][5:16].replace("T", " ")
+        rows.append([_cut(w["id"], 22), w["status"], started, w["jobs_done"], ago(w["heartbeat_age"]),
                      _mb(w["rss_bytes"]), _cut(doing, 30)])
     lines.append(table(rows, ["WORKER", "STATUS", "UP", "DONE", "BEAT", "RSS", "CURRENT"]) if rows
                  else "  no consumer has beaten on this queue in the last hour")

@@ -21,6 +21,7 @@ import redis
 import config
 from app import catalog, ledger, operations, producer
 from app.codec import NotJSON
+from app.jobview import ago
 from app.schema import open_ledger
 from app.models import STATES
 from app.web import queries
@@ -49,31 +50,12 @@ ACTIONS = {
 }
 
 
-def _ago(seconds: float | None) -> str:
-    """850ms, 12s, 4m05s, 3h02m, 2d04h (the way `nightshift status` prints durations)."""
-    if seconds is None:
-        return "-"
-    seconds = max(seconds, 0.0)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h{minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d{hours:02d}h"
-
-
 def _since(value: str | None, stamp: str | None = None) -> str:
     if not value:
         return "-"
     when = queries._dt(value.rstrip("Z"))
     now = queries._dt(stamp.rstrip("Z")) if stamp else queries.now()
-    return _ago((now - when).total_seconds()) + " ago"
+    return ago((now - when).total_seconds()) + " ago"
 
 
 def _mb(value: int | None) -> str:
@@ -101,7 +83,7 @@ class Console:
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(os.path.join(HERE, "templates")),
             autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-        self.templates.filters.update(ago=_ago, since=_since, mb=_mb, secs=_secs, short=_short_time,
+        self.templates.filters.update(ago=ago, since=_since, mb=_mb, secs=_secs, short=_short_time,
                                       urlencode_dict=lambda d: urllib.parse.urlencode(d))
         self.router = Router()
         r = self.router.add
