@@ -15,7 +15,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from huey import Huey
-from huey.api import Result, Task, TaskLock, TaskWrapper
+from huey.api import PeriodicTask, Result, Task, TaskLock, TaskWrapper
 from huey.consumer import ThreadEnvironment
 from huey.exceptions import HueyException, RateLimitExceeded, RetryTask, TaskLockedException
 from huey.registry import Registry
@@ -104,13 +104,46 @@ class UnknownTask(PoisonMessage):
         self.task_name = name
 
 
+class AttemptTask(Task):
+    """Huey's task, told apart from its job's other attempts. Huey keeps the tasks a process runs in a set
+    (Huey._tasks_in_flight) and hands them to the interrupted signal at shutdown; by Huey's own equality (id,
+    eta, class) two attempts of one job in one process are one member, so the first to end took the other out
+    and a SIGTERM never handed that attempt back (its lease had to expire). Hashed by id as Huey does: the
+    attempt changes after a run (a retry), never while the task is in flight."""
+
+    def __eq__(self, rhs: object) -> bool:
+        return super().__eq__(rhs) and getattr(self, "attempt", None) == getattr(rhs, "attempt", None)
+
+    __hash__ = Task.__hash__
+
+
+class AttemptPeriodicTask(AttemptTask, PeriodicTask):
+    """A periodic task (Huey's PeriodicTask, which it reads the schedule from) told apart by its attempt."""
+
+
+def attempt_base(task_base: type | None) -> type:
+    """The base of a task class Huey is about to build (TaskWrapper.task_base), made an AttemptTask."""
+    if task_base is None or task_base is Task:
+        return AttemptTask
+    if task_base is PeriodicTask:
+        return AttemptPeriodicTask
+    if issubclass(task_base, AttemptTask):
+        return task_base
+    return type(task_base.__name__, (AttemptTask, task_base), {"__module__": task_base.__module__})
+
+
 # The keywords Huey's TaskWrapper.s() takes as options of a direct call (`my_task(x, retries=2)`).
 CALL_OPTIONS = ("eta", "delay", "id", "retries", "retry_delay", "retry_backoff", "priority", "expires", "timeout")
 
 
 class ArgumentsFirstTaskWrapper(TaskWrapper):
     """Huey's task wrapper, except that a keyword naming one of the task's own parameters is an argument, even
-    when Huey would take it as an option (`import_records(path, key="sku")`, `my_task(retries=7)`)."""
+    when Huey would take it as an option (`import_records(path, key="sku")`, `my_task(retries=7)`), and whose
+    task classes are AttemptTasks (two attempts of one job are two tasks in flight)."""
+
+    def __init__(self, huey: Huey, func: Callable, context: bool = False, name: str | None = None,
+                 task_base: type | None = None, **settings: Any) -> None:
+        super().__init__(huey, func, context=context, name=name, task_base=attempt_base(task_base), **settings)
 
     def s(self, *args, **kwargs):
         own = [name for name in CALL_OPTIONS if name in kwargs and name in self._parameters()]
@@ -277,6 +310,8 @@ HUEY_PRIVATE = {
     "Consumer._signum/_restart/_graceful": "consumer: a restart to release memory, and the goodbye beat",
     "Consumer._create_process": "consumer: the workers of a consumer's other queues run under its loop",
     "Scheduler._next_periodic": "consumer.TickScheduler: ticks aligned to the wall clock",
+    "Huey._tasks_in_flight (a set of tasks)": "queue.AttemptTask: both attempts of one job in flight are handed "
+                                              "back at shutdown",
 }
 
 

@@ -151,6 +151,33 @@ def test_two_attempts_of_one_job_in_one_process_keep_their_own_outcomes(env, sta
     assert attempts(job_id) == [(1, "lease-lost"), (2, "failed")]
 
 
+def test_sigterm_hands_back_the_second_attempt_of_a_job_after_the_first_ended_in_the_same_process(
+        env, start_worker, monkeypatch):
+    """Attempts 1 and 2 of one job run in one process when SIGTERM comes; attempt 1 ends during the drain,
+    attempt 2 is still running at the deadline: it is handed back at once as attempt 3, not left `running` until
+    its lease expires (Huey's set of tasks in flight held the two attempts as one task, and attempt 1's end took
+    attempt 2 out of it)."""
+    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=1, NIGHTSHIFT_RECOVERY_INTERVAL=600)
+    from app import ledger, submit
+    job_id = submit("slow_first_attempt", first_seconds=5, later_seconds=60)
+    worker = start_worker(NIGHTSHIFT_WORKERS=2, NIGHTSHIFT_SHUTDOWN_TIMEOUT=6)
+    wait_until(lambda: state(job_id) == "running", 10, message="attempt 1 running")
+    worker.signal(signal.SIGSTOP)
+    try:
+        time.sleep(1.5)  # past the lease
+        recovered = cli(env, "recover")
+        assert recovered.returncode == 0 and "requeued after lost lease: 1" in recovered.stdout, recovered
+    finally:
+        worker.signal(signal.SIGCONT)
+    wait_until(lambda: (ledger.get(job_id).state, ledger.get(job_id).attempt) == ("running", 2), 10,
+               message=f"attempt 2 running beside attempt 1:\n{worker.log()[-3000:]}")
+    assert worker.stop(30) == 0
+    job = ledger.get(job_id)
+    assert (job.state, job.attempt) == ("queued", 3), (job.state, job.attempt, job.reason, worker.log()[-3000:])
+    assert attempts(job_id) == [(1, "lease-lost"), (2, "interrupted")], worker.log()[-3000:]
+    assert "alive" in (ledger.attempts(job_id)[0].error or ""), "attempt 1 did not end in the process first"
+
+
 def test_worker_processes_die_with_a_killed_consumer(env, start_worker):
     for _ in range(3):
         worker = start_worker(NIGHTSHIFT_WORKER_TYPE="process", NIGHTSHIFT_WORKERS=3)

@@ -10,7 +10,7 @@ import signal
 import struct
 
 import pytest
-from huey.api import Huey, Task, TaskLock
+from huey.api import Huey, Task, TaskLock, TaskWrapper
 from huey.consumer import Consumer, Scheduler
 from huey.exceptions import CancelExecution, RetryTask
 from huey.registry import Registry
@@ -19,7 +19,7 @@ from huey.storage import RedisPriorityQueue
 
 def test_every_private_name_is_listed_with_its_reason():
     from app.queue import HUEY_PRIVATE
-    assert len(HUEY_PRIVATE) == 12 and all(HUEY_PRIVATE.values())
+    assert len(HUEY_PRIVATE) == 13 and all(HUEY_PRIVATE.values())
 
 
 def test_the_registry_keeps_task_classes_by_name_in_a_dict(env):
@@ -159,3 +159,35 @@ def test_create_process_wraps_a_process_loop_for_the_environment():
     assert list(inspect.signature(Consumer._create_process).parameters) == ["self", "process", "name"]
     assert "self._create_process(worker, " in inspect.getsource(Consumer.__init__)
     assert "process.loop()" in inspect.getsource(Consumer._create_process)
+
+
+def test_tasks_in_flight_is_a_set_of_tasks_that_shutdown_hands_to_the_interrupted_signal(env):
+    """Huey adds a task to _tasks_in_flight before it runs and discards it after; at shutdown
+    notify_interrupted_tasks pops each one left to SIGNAL_INTERRUPTED. Membership is task equality, so
+    queue.AttemptTask tells two attempts of one job apart (Huey's own equality would not), and every task class
+    Nightshift builds, periodic ones included, is an AttemptTask through TaskWrapper's task_base."""
+    from huey import signals
+    from huey.api import PeriodicTask
+
+    from app.queue import AttemptTask, build_huey
+    source = inspect.getsource(Huey._execute)
+    assert "self._tasks_in_flight.add(task)" in source and "self._tasks_in_flight.discard(task)" in source
+    notify = inspect.getsource(Huey.notify_interrupted_tasks)
+    assert "self._tasks_in_flight.pop()" in notify and "S.SIGNAL_INTERRUPTED" in notify
+    assert "task_base" in inspect.signature(TaskWrapper.__init__).parameters
+    assert "task_base=PeriodicTask" in inspect.getsource(Huey.periodic_task)
+    assert "(self.task_base,)" in inspect.getsource(TaskWrapper.create_task)
+    huey = build_huey(name="contract-in-flight")
+    assert isinstance(huey._tasks_in_flight, set)
+    cls = huey.task(name="contract_job")(lambda: None).task_class
+    periodic = huey.periodic_task(lambda stamp: False, name="contract_periodic")(lambda: None).task_class
+    assert issubclass(cls, AttemptTask) and issubclass(periodic, AttemptTask) and issubclass(periodic, PeriodicTask)
+    first, second = cls(id="contract-job"), cls(id="contract-job")
+    first.attempt, second.attempt = 1, 2
+    assert Task.__eq__(first, second), "Huey's own equality holds two attempts for one task"
+    interrupted = []
+    huey.signal(signals.SIGNAL_INTERRUPTED)(lambda signal, task, *a: interrupted.append(task.attempt))
+    huey._tasks_in_flight.update((first, second))
+    huey._tasks_in_flight.discard(first)
+    huey.notify_interrupted_tasks()
+    assert interrupted == [2] and not huey._tasks_in_flight
