@@ -166,6 +166,29 @@ class NightshiftWorker(Worker):
             NightshiftWorker.restart_consumer()
 
 
+_consumer_pid: int | None = None  # set in a consumer of process workers: its own children die with it
+_hook_registered = False
+
+
+def arm_children_to_die_with(consumer_pid: int) -> None:
+    """Make every process the consumer forks (worker processes, schedulers) die with it. At-fork hooks are
+    inherited, so the hook disarms itself in each child: a fork made inside a worker process (a task's
+    os.fork, fork-start multiprocessing, subprocess with preexec_fn) is the worker's child, not the consumer's,
+    and must live on."""
+    global _consumer_pid, _hook_registered
+    _consumer_pid = consumer_pid
+    if not _hook_registered:
+        os.register_at_fork(after_in_child=_arm_in_direct_child)
+        _hook_registered = True
+
+
+def _arm_in_direct_child() -> None:
+    global _consumer_pid
+    parent, _consumer_pid = _consumer_pid, None
+    if parent is not None:
+        die_with_parent(parent)
+
+
 def die_with_parent(parent_pid: int) -> None:
     """In a forked worker process: be killed when the consumer dies, however it dies (SIGKILL included), so no
     orphan keeps taking jobs with old code. Linux's parent-death signal; a polling thread elsewhere."""
@@ -316,8 +339,7 @@ class NightshiftConsumer(Consumer):
         if not self.environment.forks:
             NightshiftWorker.restart_consumer = self.restart_to_release_memory
         if self.environment.forks:
-            parent = os.getpid()
-            os.register_at_fork(after_in_child=lambda: die_with_parent(parent))
+            arm_children_to_die_with(os.getpid())
             # Each worker process has a keeper of its own; its goodbye says whether it was recycled.
             huey.on_shutdown("nightshift_keeper")(
                 lambda: stop_keeper("recycled" if NightshiftWorker.recycled else "stopped"))

@@ -118,3 +118,24 @@ def count_effect_run(redis_url: str, prefix: str, seconds: float = 0.0, task=Non
     client.incr(f"{prefix}:started:{task.id}")
     time.sleep(seconds)
     client.incr(f"{prefix}:effect:{task.id}")
+
+
+@task()
+def forks_children(directory: str) -> str:
+    """Fork as task code does, in a process worker too: a bare os.fork() child and a subprocess with a
+    preexec_fn (both run the at-fork hooks); each child writes a file in DIRECTORY. Fails if either did not."""
+    import subprocess
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with open(os.path.join(directory, "forked"), "w") as f:
+                f.write(str(os.getpid()))
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    forked = os.waitstatus_to_exitcode(status)
+    spawned = subprocess.run(["/bin/sh", "-c", 'echo ok > "$1"', "sh", os.path.join(directory, "spawned")],
+                             preexec_fn=lambda: None, timeout=30).returncode
+    if forked or spawned:
+        raise RuntimeError(f"a child of the task exited early: os.fork child {forked}, preexec_fn child {spawned}")
+    return "ok"

@@ -188,6 +188,19 @@ def test_worker_processes_die_with_a_killed_consumer(env, start_worker):
         assert not orphans, f"{len(orphans)} of {len(processes)} worker processes outlived their consumer"
 
 
+def test_a_task_in_a_process_worker_can_fork(env, start_worker, tmp_path):
+    """The parent-death hook is for the consumer's own children: a child the task forks (os.fork, subprocess
+    with preexec_fn) inherits the at-fork hooks, and must not take itself for an orphan of the consumer."""
+    from app import submit
+    job_id = submit("forks_children", directory=str(tmp_path))
+    worker = start_worker(NIGHTSHIFT_WORKER_TYPE="process", NIGHTSHIFT_WORKERS=1)
+    wait_until(lambda: state(job_id) not in ("queued", "running"), 20, message="forking job finished")
+    from app import ledger
+    job = ledger.get(job_id)
+    assert job.state == "succeeded", (job.state, job.error, worker.log()[-2000:])
+    assert (tmp_path / "forked").exists() and (tmp_path / "spawned").read_text() == "ok\n"
+
+
 def test_recycled_process_workers_do_not_stall_the_queue(env, start_worker, tmp_path):
     from app import submit
     from app.models import Job
