@@ -131,6 +131,12 @@ def is_unreachable(exc: BaseException) -> bool:
     return isinstance(exc, UNREACHABLE)
 
 
+def is_refused(exc: BaseException) -> bool:
+    """The database answered and refused the statement (a constraint, a trigger, a value it cannot take): trying
+    again would give the same answer, unlike an unreachable ledger."""
+    return isinstance(exc, peewee.DatabaseError) and not is_unreachable(exc)
+
+
 class Outage:
     """A ledger outage as one process sees it: logged once when it starts and once when it ends, not on every
     retry (a worker waiting for its database must not fill the log)."""

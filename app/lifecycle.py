@@ -5,6 +5,7 @@ attempt; expired → expired. A message that cannot be read becomes a dead lette
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -171,10 +172,12 @@ def _record_outcome(huey: NightshiftHuey, task: Task, attempt: int, value: Any, 
     name = type(task).__name__
     entry = identity.running.get((task.id, attempt))
     duration = time.monotonic() - entry.started if entry else 0.0
+    worker = identity.WORKER_ID
     if isinstance(exc, canceling.JobCanceled):  # the ledger says canceled already
         events.emit("canceled", task.id, name, logging.WARNING, attempt=attempt, duration=round(duration, 6),
-                    reason="stopped by an operator's cancel while running", worker=identity.WORKER_ID)
+                    reason="stopped by an operator's cancel while running", worker=worker)
         return
+    ended = _EndedAttempt(task.id, name, attempt, entry, duration)
     if exc is None:
         if getattr(task, "store_result", False) and value is not None:
             try:
@@ -182,23 +185,22 @@ def _record_outcome(huey: NightshiftHuey, task: Task, attempt: int, value: Any, 
             except Exception:  # noqa: BLE001 - a result that cannot be stored must not fail the job
                 log.exception("could not store the result of %s %s", name, task.id)
         summary = ledger.summarize(value) if value is not None else None
-        if _until_recorded(lambda: ledger.mark_succeeded(task.id, attempt, duration, summary)):
-            events.emit("succeeded", task.id, name, attempt=attempt, duration=round(duration, 6), worker=identity.WORKER_ID)
-        else:
-            _until_recorded(lambda: _ended_late(task.id, name, attempt, entry, duration))
+        ended.record("succeeded", lambda: ledger.mark_succeeded(task.id, attempt, duration, summary),
+                     lambda: events.emit("succeeded", task.id, name, attempt=attempt, duration=round(duration, 6),
+                                         worker=worker))
         return
     error = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     if task.retries:  # Huey requeues this task after this hook
         eta, delay = next_retry(task, exc, ledger.now())
-        if _until_recorded(lambda: ledger.mark_retrying(task.id, attempt, duration, error, tb, eta,
-                                                        task.retries - 1, delay)):
+
+        def retrying() -> None:
             task.attempt = attempt + 1
             events.emit("retrying", task.id, name, logging.WARNING, attempt=attempt, duration=round(duration, 6),
                         error=error, retries_left=task.retries - 1, eta=eta.isoformat() if eta else None,
-                        worker=identity.WORKER_ID)
-        else:
-            _until_recorded(lambda: _ended_late(task.id, name, attempt, entry, duration))
+                        worker=worker)
+        ended.record("failed and will be retried", lambda: ledger.mark_retrying(
+            task.id, attempt, duration, error, tb, eta, task.retries - 1, delay), retrying)
         return
     if isinstance(exc, CancelExecution):
         reason = "the task gave up (permanent error, not retried)"
@@ -206,11 +208,57 @@ def _record_outcome(huey: NightshiftHuey, task: Task, attempt: int, value: Any, 
         reason = f"timed out after {task.timeout}s on attempt {attempt}"
     else:
         reason = f"failed on attempt {attempt} with no retries left"
-    if _until_recorded(lambda: ledger.mark_dead(task.id, reason, error, tb, attempt=attempt, duration=duration)):
-        events.emit("dead", task.id, name, logging.ERROR, attempt=attempt, duration=round(duration, 6),
-                    error=error, reason=reason, worker=identity.WORKER_ID)
-    else:
-        _until_recorded(lambda: _ended_late(task.id, name, attempt, entry, duration))
+    ended.record("failed with no retries left",
+                 lambda: ledger.mark_dead(task.id, reason, error, tb, attempt=attempt, duration=duration),
+                 lambda: events.emit("dead", task.id, name, logging.ERROR, attempt=attempt,
+                                     duration=round(duration, 6), error=error, reason=reason, worker=worker))
+
+
+UNRECORDED_PREFIX = "outcome could not be recorded"
+
+
+@dataclasses.dataclass
+class _EndedAttempt:
+    """An attempt that ended in this process, whose outcome is to be written."""
+    job_id: str
+    task: str
+    attempt: int
+    entry: identity.Running | None
+    duration: float
+
+    def record(self, outcome: str, write: Callable[[], bool], announce: Callable[[], None]) -> None:
+        """Write the outcome until the ledger answers, then `announce` it; an attempt no longer running (recovery
+        took its lease) ended late. A write the database refuses (a constraint, a trigger: it would refuse it
+        again) ends the attempt dead with why instead: an outcome left unrecorded would let the lease expire and
+        the job run again."""
+        try:
+            done = _until_recorded(write)
+        except Exception as exc:  # noqa: BLE001 - a refusal is handled below, anything else propagates
+            if not db.is_refused(exc):
+                raise
+            self.unrecordable(outcome, exc)
+            return
+        if done:
+            announce()
+        else:
+            _until_recorded(lambda: _ended_late(self.job_id, self.task, self.attempt, self.entry, self.duration))
+
+    def unrecordable(self, outcome: str, exc: BaseException) -> None:
+        message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        detail = ledger.storable(f"{type(exc).__name__}: {message}", 500)
+        reason = f"{UNRECORDED_PREFIX}: {detail} (the attempt {outcome})"
+        log.error("job %s attempt %d: the ledger refused its outcome (%s); marking it dead instead", self.job_id,
+                  self.attempt, detail)
+        try:
+            dead = _until_recorded(lambda: ledger.mark_dead(self.job_id, reason, attempt=self.attempt,
+                                                            duration=self.duration, outcome="unrecorded"))
+        except Exception:  # noqa: BLE001 - nothing else to write: the lease will bring the job back
+            log.exception("job %s attempt %d: could not mark it dead either; it runs again when its lease expires",
+                          self.job_id, self.attempt)
+            return
+        if dead:
+            events.emit("dead", self.job_id, self.task, logging.ERROR, attempt=self.attempt,
+                        duration=round(self.duration, 6), reason=reason, worker=identity.WORKER_ID)
 
 
 def on_interrupted(huey: NightshiftHuey, task: Task) -> None:

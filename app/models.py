@@ -76,7 +76,8 @@ class Attempt(BaseModel):
     started_at = peewee.DateTimeField()
     finished_at = peewee.DateTimeField(null=True)
     duration = peewee.FloatField(null=True)
-    outcome = peewee.CharField(max_length=16, null=True)  # succeeded, failed, retrying, interrupted, lease-lost
+    # succeeded, failed, canceled, interrupted, lease-lost, unrecorded (the ledger refused the outcome's write)
+    outcome = peewee.CharField(max_length=16, null=True)
     error = peewee.TextField(null=True)
 
     class Meta:

@@ -3,6 +3,9 @@ and poison messages are escaped or bounded, never an outcome that cannot be reco
 from __future__ import annotations
 
 import json
+import time
+
+import pytest
 
 from conftest import wait_until
 
@@ -22,6 +25,50 @@ def test_an_error_with_a_nul_character_is_recorded_and_the_job_runs_retries_plus
     runs = (tmp_path / "runs.log").read_text().splitlines()
     assert runs == [f"{job_id} {n}" for n in (1, 2, 3)]  # retries + 1 runs, no re-run after a lost lease
     assert worker.alive()
+
+
+def refuse_updates_to(state: str, when: str = "") -> None:
+    """A trigger in the test's own ledger that makes the database refuse moving a job to `state` (and `when`):
+    a real refusal of the outcome's write, not an unreachable ledger."""
+    from conftest import USE_PG
+
+    from app import db, ledger
+    condition = f"NEW.state = '{state}'" + (f" AND {when}" if when else "")
+    if USE_PG:
+        db.database.obj.execute_sql("CREATE FUNCTION refuse_outcome() RETURNS trigger LANGUAGE plpgsql AS "
+                                    "$$ BEGIN RAISE EXCEPTION 'refused by the test trigger'; END $$")
+        db.database.obj.execute_sql(f'CREATE TRIGGER refuse_outcome BEFORE UPDATE ON "{ledger.JOB_TABLE}" '
+                                    f"FOR EACH ROW WHEN ({condition}) EXECUTE FUNCTION refuse_outcome()")
+    else:
+        db.database.obj.execute_sql(f'CREATE TRIGGER refuse_outcome BEFORE UPDATE ON "{ledger.JOB_TABLE}" '
+                                    f"WHEN {condition} BEGIN SELECT RAISE(ABORT, 'refused by the test trigger'); "
+                                    f"END")
+
+
+@pytest.mark.parametrize("outcome, task, options, refused, when", [
+    ("succeeded", "record_effect", {}, "succeeded", ""),
+    ("failed and will be retried", "fails_with_nul", {}, "retrying", ""),
+    ("failed with no retries left", "fails_with_nul", {"retries": 0}, "dead", "NEW.error IS NOT NULL"),
+], ids=["succeeded", "retrying", "dead"])
+def test_an_outcome_the_database_refuses_ends_the_job_dead_and_never_runs_it_again(
+        env, start_worker, tmp_path, monkeypatch, outcome, task, options, refused, when):
+    """The database answers but refuses the write of an attempt's outcome (here a trigger; in life a constraint
+    or a value it cannot take): the job ends dead saying so, once, instead of losing its lease and running
+    again until it is dead of lost leases with the real story gone."""
+    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=1, NIGHTSHIFT_RECOVERY_INTERVAL=0.5)
+    from app import ledger, submit
+    job_id = submit(task, directory=str(tmp_path), **options)
+    refuse_updates_to(refused, when)
+    worker = start_worker()
+    wait_until(lambda: ledger.state_of(job_id) == "dead", 20, message=f"the job goes dead:\n{worker.log()[-3000:]}")
+    time.sleep(3)  # past the lease and a few recovery runs: nothing runs it again
+    job = ledger.get(job_id)
+    assert job.reason.startswith("outcome could not be recorded: "), (job.reason, worker.log()[-3000:])
+    assert "refused by the test trigger" in job.reason and f"(the attempt {outcome})" in job.reason, job.reason
+    assert [(a.number, a.outcome) for a in ledger.attempts(job_id)] == [(1, "unrecorded")]
+    runs = [line for line in (tmp_path / "runs.log").read_text().splitlines() if line.startswith(job_id)]
+    assert len(runs) == 1, runs
+    assert worker.alive() and "marking it dead instead" in worker.log()
 
 
 def test_poison_messages_with_unstorable_text_are_dead_letters(env, start_worker):
