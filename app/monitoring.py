@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 import config
-from helpers.masking import is_secret_name, mask_text, secret_values, url_secrets
+from helpers.masking import holds_headers, is_secret_key, is_secret_name, mask_text, secret_values, url_secrets
 
 # Huey's control-flow exceptions, which the integration does not report: a job that dies of one (a task that
 # gave up with CancelExecution, e.g. a permanent error) is reported through its "dead" log line instead.
@@ -61,12 +61,13 @@ def setup_sentry(settings: config.Settings) -> bool:
     return True
 
 
-def scrub_event(value: Any, secrets: Iterable[str]) -> Any:
-    """`value` (an event or part of one) with secret-named keys filtered and every string masked, at any depth."""
+def scrub_event(value: Any, secrets: Iterable[str], headers: bool = False) -> Any:
+    """`value` (an event or part of one) with secret-named keys filtered (header names by the header rules, as
+    helpers.masking.mask does) and every string masked, at any depth."""
     secrets = tuple(secrets)
     if isinstance(value, dict):
-        return {k: FILTERED if is_secret_name(k) and isinstance(value[k], str) and value[k]
-                else scrub_event(v, secrets) for k, v in value.items()}
+        return {k: FILTERED if is_secret_key(k, headers) and isinstance(value[k], str) and value[k]
+                else scrub_event(v, secrets, holds_headers(k)) for k, v in value.items()}
     if isinstance(value, list):
         return [scrub_event(v, secrets) for v in value]
     if isinstance(value, str):

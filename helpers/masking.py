@@ -3,11 +3,14 @@
 One set of rules for logs, CLI output, status, health, metrics, start-up errors and Sentry events:
 - a name that looks secret (password, token, secret, api key, authorization, signature, cookie...) hides its
   value, whether it is a dict key, a header name, a query parameter or `name=value` / `name: value` in text;
+- header names and query parameters are structural: there the short names (auth, key, sig...) and names ending
+  in one (X-Client-Key, upload_sig) are secret too -- in a query string, in a dict held under a `headers` key,
+  and under any name shaped like a header (with a `-`, which no argument name has);
 - a URL's userinfo hides its password (split at the last `@` before the host, so a raw `@` in a password is
   masked too); a userinfo without a password is hidden whole (a Sentry DSN key, a token as user name) unless
   the scheme's user part is a user name (redis, postgresql, smtp...);
 - `Bearer <token>` / `Basic <credentials>` in text hide the credentials;
-- `bound` cuts a long value to a preview that says its full size.
+- `bound` cuts a long value to a preview that says its full size; `quoted` does so for a value in a message.
 Standard library only, so helpers, the app and the CLI can all use it.
 """
 from __future__ import annotations
@@ -28,6 +31,10 @@ SECRET_NAME = re.compile(
     re.IGNORECASE)
 # Whole names that are secret in a query string or header, though too short to match as substrings.
 SECRET_EXACT = frozenset({"key", "sig", "auth", "code", "apikey", "x-api-key", "jwt", "hmac"})
+# Last words that make such a name secret: X-Client-Key, X-Goog-Auth, upload_sig (not "code": Status-Code).
+SECRET_LAST_WORD = frozenset({"key", "sig", "auth", "jwt", "hmac"})
+# Dict keys whose value is a dict of header names: headers, extra_headers, request-headers, header.
+HEADERS_KEY = re.compile(r"(?:^|[_-])headers?$", re.IGNORECASE)
 
 # Each pattern starts only where a word starts (the look-behinds), so a long run of letters costs linear time.
 # Schemes whose bare userinfo (no ":password") is a user name, shown; elsewhere (https://KEY@sentry..., a token as
@@ -44,10 +51,32 @@ _NAMED_VALUE = re.compile(
 
 def is_secret_name(name: Any, short: bool = False) -> bool:
     """Whether a key, header or parameter called `name` holds a secret; `short` also counts the short names
-    (key, sig, auth, code...) that are secret in a query string or header but ordinary as an argument."""
+    (key, sig, auth, code...) and names ending in one (X-Client-Key), secret in a query string or header but
+    ordinary as an argument."""
     if not isinstance(name, str):
         return False
-    return bool(SECRET_NAME.search(name)) or (short and name.strip().lower() in SECRET_EXACT)
+    if SECRET_NAME.search(name):
+        return True
+    if not short:
+        return False
+    lowered = name.strip().lower()
+    return lowered in SECRET_EXACT or re.split(r"[-_.]", lowered)[-1] in SECRET_LAST_WORD
+
+
+def is_header_name(name: Any) -> bool:
+    """Whether `name` is shaped like an HTTP header name (X-Api-Key): a `-`, which no argument name has."""
+    return isinstance(name, str) and "-" in name
+
+
+def is_secret_key(name: Any, in_headers: bool = False) -> bool:
+    """Whether the value under dict key `name` is a secret: a secret-looking name anywhere, and the short
+    names of headers and query strings in a dict of headers (`in_headers`) or under a header-shaped name."""
+    return is_secret_name(name, short=in_headers or is_header_name(name))
+
+
+def holds_headers(name: Any) -> bool:
+    """Whether the value under dict key `name` is a dict of header names (`headers`, `extra_headers`...)."""
+    return isinstance(name, str) and bool(HEADERS_KEY.search(name))
 
 
 def mask_url(url: str) -> str:
@@ -97,7 +126,7 @@ def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
 
     def named(match: re.Match) -> str:
         value = match.group("value")
-        if not is_secret_name(match.group("name")):
+        if not is_secret_name(match.group("name"), short=is_header_name(match.group("name"))):
             # "Error: password=x": the value of a harmless name may itself be a secret's name=value.
             start = match.start("value") - match.start()
             return match.group(0)[:start] + _NAMED_VALUE.sub(named, value)
@@ -108,12 +137,13 @@ def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
     return _NAMED_VALUE.sub(named, text)
 
 
-def mask(value: Any, secrets: Iterable[str] = ()) -> Any:
-    """A copy of `value` (JSON-like) with secret-looking keys' values masked and every string masked as text."""
+def mask(value: Any, secrets: Iterable[str] = (), headers: bool = False) -> Any:
+    """A copy of `value` (JSON-like) with secret-looking keys' values masked and every string masked as text;
+    `headers`: `value`'s keys are header names (it is held under a `headers` key), so their short names count."""
     secrets = tuple(secrets)
     if isinstance(value, dict):
-        return {k: MASK if is_secret_name(k) and value[k] not in (None, "") else mask(v, secrets)
-                for k, v in value.items()}
+        return {k: MASK if is_secret_key(k, headers) and value[k] not in (None, "") else
+                mask(v, secrets, holds_headers(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [mask(v, secrets) for v in value]
     if isinstance(value, str):
@@ -138,6 +168,17 @@ def bound(value: Any, limit: int = PREVIEW_CHARS) -> Any:
     if len(text) <= limit:
         return value
     return f"{text[:limit]}... [{size_note(len(text.encode('utf-8', 'replace')))}, {len(text)} chars]"
+
+
+def quoted(value: Any, limit: int = 60) -> str:
+    """`repr(value)` for a message, or, past `limit` characters, a preview of it that keeps its closing quote and
+    says its full size (`'99999...'... [5.0 kB, 5000 chars]`), so one huge value cannot make a huge line."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    full = value if isinstance(value, str) else text
+    preview = repr(value[:limit]) if isinstance(value, str) else text[:limit]
+    return f"{preview}... [{size_note(len(full.encode('utf-8', 'replace')))}, {len(full)} chars]"
 
 
 def url_secrets(url: str) -> list[str]:

@@ -76,6 +76,34 @@ def test_secrets_in_urls_dsn_and_arguments_are_masked_by_structure_everywhere(en
             assert secret not in text, f"{secret!r} shown by {where}:\n{text[:3000]}"
 
 
+HEADER_SECRETS = {"Auth": "Auth-hdr-1357", "X-Client-Key": "Client-key-2468", "Sig": "Sig-hdr-9753",
+                  "Proxy-Authorization": "Basic cHJveHk6cHc=", "X-Upload-Token": "Upload-tok-8642"}
+
+
+def test_header_names_are_masked_by_the_rules_of_query_parameters(env):
+    """Item 4: header names are structural. `headers={"Auth": ...}` in a job's arguments is masked in the
+    "submitted" log line, `show`, `show --json` and `list --json`, as `?auth=` is in a URL; the short names are
+    masked only as header names (an argument called `key` stays readable), and harmless headers stay shown."""
+    headers = {**HEADER_SECRETS, "Content-Type": "application/json"}
+    out = cli(env, "submit", "deliver_webhook", "--arg", "url=http://127.0.0.1:9/hook?auth=Url-auth-1122",
+              "--arg", 'payload={"key": "customer_id"}', "--arg", f"headers={json.dumps(headers)}",
+              NIGHTSHIFT_LOG_LEVEL="debug")
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    shown = {"submitted log line": out.stderr}
+    for command in (("show", job_id), ("show", job_id, "--json"), ("list", "--json")):
+        listed = cli(env, *command)
+        assert listed.returncode == 0, listed.stderr
+        shown[" ".join(command)] = listed.stdout + listed.stderr
+    [args] = [job["args"] for job in json.loads(shown["list --json"])]
+    assert args["headers"] == {**{name: "***" for name in HEADER_SECRETS}, "Content-Type": "application/json"}
+    assert args["payload"] == {"key": "customer_id"} and args["url"].endswith("?auth=***")
+    for where, text in shown.items():
+        assert '"Content-Type": "application/json"' in text or "'Content-Type': 'application/json'" in text, where
+        for secret in [*HEADER_SECRETS.values(), "cHJveHk6cHc", "Url-auth-1122"]:
+            assert secret not in text, f"{secret!r} shown by {where}:\n{text[:3000]}"
+
+
 def test_every_value_in_a_log_line_is_bounded_with_its_size_noted(env, monkeypatch, start_worker):
     """Item 5: a 3 MB argument makes neither a 3 MB "submitted" line nor a 3 MB "started" or failure line."""
     big = "x" * (3 * 1024 * 1024)
