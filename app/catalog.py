@@ -15,6 +15,7 @@ from huey.api import PeriodicTask, TaskWrapper
 import config
 from app import flow, schedule
 from app.queue import check_queue_name, get_huey
+from helpers.masking import quoted
 
 _loaded = False
 
@@ -258,9 +259,8 @@ def check_types(task_class: type, kwargs: dict) -> None:
             continue  # `x: str = None` takes None
         if kinds and not _fits(value, kinds):
             wanted = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
-            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
             raise BadArguments(f"{task_class.__name__}: argument {name!r} must be {wanted}, "
-                               f"got {type(value).__name__} {shown}")
+                               f"got {type(value).__name__} {quoted(value, 40)}")
 
 
 def takes_text(task_class: type, name: str) -> bool:

@@ -96,6 +96,7 @@ def test_submit_prints_the_id_and_nothing_else(env, monkeypatch):
 BAD_CRONTAB = "from app import crontab, periodic_task\n\n@periodic_task(crontab(minute='75'))\ndef every_75th():\n    pass\n"
 MISSING_DEPENDENCY = "import no_such_dependency_xyz\n"
 DEEP_JSON = '{"a": ' + "[" * 990 + "]" * 990 + "}"
+NOT_UTF8 = os.fsdecode(b"\xff")   # what a shell's $'\xff' reaches Python as
 
 BAD_INPUTS = {
     "file missing": ["submit", "add", "--file", "does-not-exist.jsonl"],
@@ -113,6 +114,40 @@ BAD_INPUTS = {
     "unknown command": ["sumbit", "add"],
     "bad crontab in a task module": ["submit", "add", "--arg", "a=1"],
     "task module's dependency missing": ["submit", "add", "--arg", "a=1"],
+    # The same class beyond submit: ids and names that are not UTF-8, numbers past any column, NaN, huge text.
+    "show id not utf-8": ["show", NOT_UTF8],
+    "cancel id not utf-8": ["cancel", NOT_UTF8],
+    "retry id not utf-8": ["retry", NOT_UTF8],
+    "discard id not utf-8": ["discard", NOT_UTF8],
+    "list task not utf-8": ["list", "--task", NOT_UTF8],
+    "dead task not utf-8": ["dead", "--task", NOT_UTF8],
+    "retry all task not utf-8": ["retry", "--all", "--task", NOT_UTF8],
+    "list queue not utf-8": ["list", "--queue", NOT_UTF8],
+    "status bad queue name": ["status", "--queue", "a b"],
+    "pause queue not utf-8": ["pause", NOT_UTF8],
+    "resume bad queue name": ["resume", "a b"],
+    "submit task not utf-8": ["submit", NOT_UTF8, "--arg", "a=1"],
+    "submit arg not utf-8": ["submit", "always_fails", "--arg", "message=" + NOT_UTF8],
+    "submit queue not utf-8": ["submit", "add", "--arg", "a=1", "--queue", NOT_UTF8],
+    "huge list limit": ["list", "--limit", "99999999999999999999999"],
+    "huge dead limit": ["dead", "--limit", "99999999999999999999999"],
+    "5000-digit limit": ["list", "--limit", "9" * 5000],
+    "5000-digit priority": ["submit", "add", "--arg", "a=1", "--priority", "9" * 5000],
+    "5000-digit argument": ["submit", "add", "--arg", "a=" + "9" * 5000],
+    "huge status window": ["status", "--window", "1e300"],
+    "nan status window": ["status", "--window", "nan"],
+    "nan status watch": ["status", "--watch", "nan"],
+    "huge status watch": ["status", "--watch", "1e300"],
+    "nan timeout": ["submit", "add", "--arg", "a=1", "--wait", "--timeout", "nan"],
+    "infinite timeout": ["submit", "add", "--arg", "a=1", "--wait", "--timeout", "inf"],
+    "negative timeout": ["submit", "add", "--arg", "a=1", "--wait", "--timeout", "-1"],
+    "nan delay": ["submit", "add", "--arg", "a=1", "--delay", "nan"],
+    "100k-character id": ["show", "x" * 100_000],
+    "100k-character eta": ["submit", "add", "--arg", "a=1", "--eta", "x" * 100_000],
+    "metrics host not utf-8": ["metrics", "--port", "0", "--host", NOT_UTF8],
+    "web bind not utf-8": ["web", "--port", "0", "--bind", NOT_UTF8],
+    "huge metrics port": ["metrics", "--port", "9" * 5000],
+    "huge worker count": ["worker", "--workers", "99999999999999999999999"],
 }
 
 
@@ -125,10 +160,11 @@ def test_every_bad_input_is_one_line_and_exit_2(env, case):
     if case == "task module's dependency missing":
         (env.tmp / "needs_dep_tasks.py").write_text(MISSING_DEPENDENCY)
         overrides["NIGHTSHIFT_TASK_MODULES"] = "tasks,sample_tasks,needs_dep_tasks"
-    out = cli(env, *BAD_INPUTS[case], **overrides)
-    assert out.returncode == 2, (out.returncode, out.stderr)
+    out = cli(env, *BAD_INPUTS[case], timeout=30, **overrides)
+    assert out.returncode == 2, (out.returncode, out.stderr[:3000])
     assert "Traceback" not in out.stderr
-    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr[:3000]
+    assert len(out.stderr) < 600, f"a {len(out.stderr)}-character error line"  # a huge value is a preview
     assert out.stderr.startswith("nightshift: ") and out.stdout == ""
     assert queued_nothing()
     if case == "task module's dependency missing":
@@ -136,6 +172,8 @@ def test_every_bad_input_is_one_line_and_exit_2(env, case):
         assert "check the name" not in out.stderr
     if case == "bad crontab in a task module":
         assert "cron_typo_tasks.py:3" in out.stderr and "75" in out.stderr
+    if case.startswith("5000-digit") or case.startswith("100k-character"):
+        assert re.search(r"'(9|x)+'\.\.\. \[\d+\.\d kB, (5000|100000) chars\]", out.stderr), out.stderr
 
 
 def test_python_api_refuses_bad_options_before_anything_is_written(env):

@@ -1,8 +1,10 @@
-"""What every command shares: turning known failures into one clear line and an exit code, and output helpers."""
+"""What every command shares: turning known failures into one clear line and an exit code, the parameter types
+that refuse bad input before a command runs, and output helpers."""
 from __future__ import annotations
 
 import datetime
 import json
+import math
 import sys
 from typing import Any
 
@@ -15,9 +17,10 @@ from app.catalog import BadArguments, TaskModuleError, UnknownTaskName
 from app.codec import NotJSON
 from app.db import LedgerMissing
 from app.keycheck import SigningKeyMismatch
-from app.producer import BadOption
+from app.producer import MAX_DELAY, MAX_INT, MAX_KEY, BadOption
+from app.queue import check_queue_name
 from app.status import ALL_QUEUES
-from helpers.masking import mask_text, mask_url, secret_values
+from helpers.masking import mask_text, mask_url, quoted, secret_values
 
 EXIT_FAILED = 1      # the job failed / an operation could not be done
 EXIT_USAGE = 2       # bad input: nothing was accepted
@@ -37,7 +40,10 @@ class cli(click.Group):
                        max(settings.log_level, "warning", key=logs.LEVELS.index), settings.log_format)
             return super().invoke(ctx)
         except click.UsageError as exc:
-            fail(" ".join(exc.format_message().split()) + _usage_hint(exc), EXIT_USAGE)
+            # A submit checks all its input before it writes anything: say so, as its other refusals do.
+            nothing = " Nothing was queued." if exc.ctx is not None and exc.ctx.command.name == "submit" else ""
+            message = " ".join(exc.format_message().split())
+            fail(message + ("" if message.endswith((".", "?")) else ".") + nothing + _usage_hint(exc), EXIT_USAGE)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except config.ConfigError as exc:
@@ -62,6 +68,91 @@ class cli(click.Group):
             settings = config.get()
             fail(f"Redis at {mask_url(settings.redis_url)} failed: {mask_text(str(exc), secret_values(settings))}. "
                  f"Check NIGHTSHIFT_REDIS_URL and that Redis is up.", EXIT_FAILED)
+
+
+# -- parameter types: every command's ids, names, counts and durations are checked by these, so a bad value is
+# one line and exit 2 (click's usage error) before the command touches the ledger, Redis or a socket.
+
+NUMBER_CHARS = 40   # longer number text is refused by its length, not converted (a 5,000-digit int, 1e300...)
+
+
+class Text(click.ParamType):
+    """Text a command can store, look up and print: valid UTF-8 (a shell passes other bytes as lone surrogates,
+    which neither ledger nor a socket takes) and at most `max_chars` characters (None: any length)."""
+
+    name = "text"
+
+    def __init__(self, max_chars: int | None = 255, what: str = "a value") -> None:
+        self.max_chars = max_chars
+        self.what = what
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        value = value if isinstance(value, str) else str(value)
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(f"{quoted(mask_text(value))} is not valid UTF-8 text", param, ctx)
+        if self.max_chars is not None and len(value) > self.max_chars:
+            self.fail(f"{self.what} is at most {self.max_chars} characters, got {quoted(mask_text(value))}", param,
+                      ctx)
+        return value
+
+
+class QueueName(Text):
+    """A queue name as app.queue.check_queue_name takes it (printable, no spaces, ',' or '=')."""
+
+    name = "queue"
+
+    def __init__(self) -> None:
+        super().__init__(200, "a queue name")
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        value = super().convert(value, param, ctx)
+        try:
+            return check_queue_name(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class WholeNumber(click.IntRange):
+    """A whole number from `low` to `high`, both finite: the ledger's columns and LIMITs are 64-bit at most, and
+    a number too long to be in range is refused by its length before it is converted."""
+
+    def __init__(self, low: int, high: int) -> None:
+        super().__init__(low, high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and len(value.strip().lstrip("+-").lstrip("0")) > NUMBER_CHARS:
+            self.fail(f"{quoted(value.strip())} is not a whole number from {self.min} to {self.max}", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class Number(click.FloatRange):
+    """A number from `low` to `high`, both finite, never NaN (which every comparison lets through: a NaN
+    timeout would wait forever, a NaN window would fail deep in the ledger query)."""
+
+    def __init__(self, low: float, high: float) -> None:
+        super().__init__(low, high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and len(value.strip()) > NUMBER_CHARS:
+            self.fail(f"{quoted(value.strip())} is not a number from {self.min:.12g} to {self.max:.12g}", param, ctx)
+        number = super().convert(value, param, ctx)
+        if math.isnan(number):
+            self.fail(f"NaN is not a number from {self.min:.12g} to {self.max:.12g}", param, ctx)
+        return number
+
+
+MAX_COUNT = MAX_INT             # --limit and other counts: 32-bit
+MAX_SECONDS = float(MAX_DELAY)  # any duration: a century
+JOB_ID = Text(36, "a job id")   # a UUID, or a prefix of one
+TASK_NAME = Text(200, "a task name")
+QUEUE_NAME = QueueName()
+KEY = Text(MAX_KEY, "an idempotency key")
+VALUE = Text(None)              # a value of any length: --arg, --json
+NAME = Text()                   # other short text: a time, a host name
+PORT = WholeNumber(0, 65535)
+SECONDS = Number(0, MAX_SECONDS)
 
 
 def _usage_hint(exc: click.UsageError) -> str:
@@ -99,7 +190,7 @@ def queue_options(command: Any) -> Any:
     command = click.option("--all-queues", is_flag=True,
                            help="Jobs of every queue sharing the ledger (and jobs from before it recorded queues).")(
         command)
-    return click.option("--queue", "queue_names", multiple=True, metavar="NAME",
+    return click.option("--queue", "queue_names", multiple=True, metavar="NAME", type=QUEUE_NAME,
                         help="Jobs of queue NAME (repeatable) instead of NIGHTSHIFT_QUEUE's.")(command)
 
 

@@ -12,21 +12,22 @@ import config
 from app import catalog, ledger, producer
 from app.cli import bulk
 from app.cli.root import main
-from app.cli.common import (EXIT_FAILED, EXIT_TIMEOUT, chosen_queues, echo_json, fail, iso, json_option, queue_options,
+from app.cli.common import (EXIT_FAILED, EXIT_TIMEOUT, JOB_ID, KEY, MAX_COUNT, NAME, QUEUE_NAME, SECONDS, TASK_NAME,
+                             VALUE, WholeNumber, chosen_queues, echo_json, fail, iso, json_option, queue_options,
                              queues_heading, table)
 from app.jobview import job_dict, last_failed_attempt  # noqa: F401  (job_dict: also imported from here by ops)
 from app.models import FINISHED, STATES, Job
 from app.schema import open_ledger
 from app.states import State
 from app.status import resolve_queues
-from helpers.masking import mask_text, secret_values
+from helpers.masking import mask_text, quoted, secret_values
 
 def parse_arg(text: str) -> tuple[str, object, str]:
     """NAME=VALUE as (name, value, raw text): VALUE read as JSON when it parses (42, true, [1,2], {"a":1}, "x"),
     else as a plain string."""
     name, sep, raw = text.partition("=")
     if not sep or not name:
-        raise click.BadParameter(f"{text!r} is not NAME=VALUE", param_hint="--arg")
+        raise click.BadParameter(f"{quoted(text)} is not NAME=VALUE", param_hint="--arg")
     try:
         value = json.loads(raw)
     except ValueError:
@@ -45,13 +46,13 @@ def parse_eta(text: str | None) -> datetime.datetime | None:
     try:
         value = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter(f"{text!r} is not an ISO-8601 time such as 2026-11-25T03:00:00Z",
+        raise click.BadParameter(f"{quoted(text)} is not an ISO-8601 time such as 2026-11-25T03:00:00Z",
                                  param_hint="--eta") from None
     if value.tzinfo is not None:
         try:
             value = value.astimezone(datetime.UTC).replace(tzinfo=None)
         except OverflowError:
-            raise click.BadParameter(f"{text!r} is out of range", param_hint="--eta") from None
+            raise click.BadParameter(f"{quoted(text)} is out of range", param_hint="--eta") from None
     return value
 
 
@@ -81,22 +82,22 @@ def command_line_arguments(task_name: str, args: tuple[str, ...], json_args: str
 
 
 @main.command()
-@click.argument("task_name", metavar="TASK")
-@click.option("--arg", "args", multiple=True, metavar="NAME=VALUE", help="An argument (repeatable); VALUE is JSON "
+@click.argument("task_name", metavar="TASK", type=TASK_NAME)
+@click.option("--arg", "args", multiple=True, metavar="NAME=VALUE", type=VALUE, help="An argument (repeatable); VALUE is JSON "
               "when it parses, else a string.")
-@click.option("--json", "json_args", metavar="OBJECT", help="All arguments as one JSON object.")
+@click.option("--json", "json_args", metavar="OBJECT", type=VALUE, help="All arguments as one JSON object.")
 @click.option("--file", "file_", type=click.Path(dir_okay=False, allow_dash=True),
               help="JSON-lines file (- for stdin): one job per line, each line an object of arguments.")
-@click.option("--delay", type=click.FloatRange(min=0, max=producer.MAX_DELAY), help="Run no sooner than SECONDS "
+@click.option("--delay", type=SECONDS, help="Run no sooner than SECONDS "
               "from now.")
-@click.option("--eta", help="Run no sooner than this ISO-8601 time (UTC unless it has an offset).")
-@click.option("--priority", type=click.IntRange(-producer.MAX_INT, producer.MAX_INT), help="Higher runs first.")
-@click.option("--retries", type=click.IntRange(0, producer.MAX_INT), help="Override the task's number of retries.")
-@click.option("--key", help="Idempotency key: a repeat while the first job holds the key returns its id.")
-@click.option("--queue", metavar="NAME", help="Put the job on queue NAME instead of the task's own queue "
+@click.option("--eta", type=NAME, help="Run no sooner than this ISO-8601 time (UTC unless it has an offset).")
+@click.option("--priority", type=WholeNumber(-producer.MAX_INT, producer.MAX_INT), help="Higher runs first.")
+@click.option("--retries", type=WholeNumber(0, producer.MAX_INT), help="Override the task's number of retries.")
+@click.option("--key", type=KEY, help="Idempotency key: a repeat while the first job holds the key returns its id.")
+@click.option("--queue", metavar="NAME", type=QUEUE_NAME, help="Put the job on queue NAME instead of the task's own queue "
               "(@task(queue=...), else NIGHTSHIFT_QUEUE).")
 @click.option("--wait", is_flag=True, help="Block until the job ends; exit 0 if it succeeded, 1 if it failed.")
-@click.option("--timeout", type=click.FloatRange(min=0), help="With --wait: give up after SECONDS (exit 124).")
+@click.option("--timeout", type=SECONDS, help="With --wait: give up after SECONDS (exit 124).")
 def submit(task_name, args, json_args, file_, delay, eta, priority, retries, key, queue, wait, timeout):
     """Queue a job of TASK and print its id (or, with --file, the number of jobs queued)."""
     if delay is not None and eta is not None:
@@ -150,14 +151,14 @@ def wait_for(job_id: str, timeout: float | None) -> None:
 
 
 @main.command()
-@click.argument("job_id", metavar="JOB")
+@click.argument("job_id", metavar="JOB", type=JOB_ID)
 @json_option
 def show(job_id, as_json):
     """One job: state, attempts and their timings, arguments, result or last error with traceback."""
     open_ledger()
     job = ledger.get(job_id)
     if job is None:
-        fail(f"no job {job_id!r} in the ledger", EXIT_FAILED)
+        fail(f"no job {quoted(job_id)} in the ledger", EXIT_FAILED)
     data = job_dict(job, with_attempts=True)
     if as_json:
         echo_json(data)
@@ -210,8 +211,8 @@ STATE_ALIASES = {"failed": "dead", "waiting": "queued", "scheduled": "queued"}
 
 @main.command("list")
 @click.option("--state", type=click.Choice(list(STATES) + list(STATE_ALIASES)), help="Only jobs in this state.")
-@click.option("--task", help="Only jobs of this task.")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--task", type=TASK_NAME, help="Only jobs of this task.")
+@click.option("--limit", type=WholeNumber(1, MAX_COUNT), default=50, show_default=True)
 @queue_options
 @json_option
 def list_(state, task, limit, queue_names, all_queues, as_json):

@@ -12,7 +12,7 @@ import config
 from app.cli.root import main
 from app.jobview import ago
 from app.schema import open_ledger
-from app.cli.common import EXIT_FAILED, chosen_queues, echo_json, fail, queue_options
+from app.cli.common import EXIT_FAILED, MAX_SECONDS, NAME, PORT, Number, chosen_queues, echo_json, fail, queue_options
 
 CLEAR = "\x1b[H\x1b[2J"   # cursor home, clear screen
 WIDTH = 80
@@ -107,9 +107,9 @@ def render(data: dict) -> str:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (one JSON document per refresh).")
-@click.option("--watch", type=click.FloatRange(min=0.2), metavar="SECONDS",
+@click.option("--watch", type=Number(0.2, MAX_SECONDS), metavar="SECONDS",
               help="Refresh every SECONDS until Ctrl-C.")
-@click.option("--window", type=click.FloatRange(min=1), default=60, show_default=True, metavar="MINUTES",
+@click.option("--window", type=Number(1, MAX_SECONDS / 60), default=60, show_default=True, metavar="MINUTES",
               help="Per-task figures cover jobs finished in the last MINUTES.")
 @queue_options
 def status(as_json, watch, window, queue_names, all_queues):
@@ -160,8 +160,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 @main.command()
-@click.option("--port", type=click.IntRange(min=0, max=65535), required=True, help="Port to serve /metrics on.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
+@click.option("--port", type=PORT, required=True, help="Port to serve /metrics on.")
+@click.option("--host", type=NAME, default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
 def metrics(port, host):
     """Serve Prometheus metrics (queue depth, outcomes, durations, workers) until SIGTERM or Ctrl-C."""
     from app import metrics as metrics_mod

@@ -5,8 +5,8 @@ import click
 
 from app import ledger, operations
 from app.cli.root import main
-from app.cli.common import (EXIT_FAILED, chosen_queues, echo_json, fail, iso, json_option, queue_options,
-                             queues_heading, table)
+from app.cli.common import (EXIT_FAILED, JOB_ID, MAX_COUNT, TASK_NAME, WholeNumber, chosen_queues, echo_json, fail,
+                             iso, json_option, queue_options, queues_heading, table)
 from app.models import Job
 from app.queue import get_huey
 from app.schema import open_ledger
@@ -26,8 +26,8 @@ def _resolve(job_ids: tuple[str, ...]) -> list[Job]:
 
 
 @main.command()
-@click.option("--task", help="Only dead jobs of this task.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--task", type=TASK_NAME, help="Only dead jobs of this task.")
+@click.option("--limit", type=WholeNumber(1, MAX_COUNT), default=100, show_default=True)
 @queue_options
 @json_option
 def dead(task, limit, queue_names, all_queues, as_json):
@@ -59,10 +59,10 @@ def _cut(text: str, width: int) -> str:
 
 
 @main.command()
-@click.argument("job_ids", metavar="JOB...", nargs=-1)
+@click.argument("job_ids", metavar="JOB...", nargs=-1, type=JOB_ID)
 @click.option("--all", "all_", is_flag=True, help="Every dead job of this service's queue, or of --queue's (of "
               "--task, when given).")
-@click.option("--task", help="With --all: only this task's dead jobs.")
+@click.option("--task", type=TASK_NAME, help="With --all: only this task's dead jobs.")
 @queue_options
 def retry(job_ids, all_, task, queue_names, all_queues):
     """Queue dead jobs again, each as a new attempt with the task's retries, on the queue they belong to."""
@@ -88,7 +88,7 @@ def retry(job_ids, all_, task, queue_names, all_queues):
 
 
 @main.command()
-@click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
+@click.argument("job_ids", metavar="JOB...", nargs=-1, type=JOB_ID, required=True)
 def discard(job_ids):
     """Remove dead jobs from the ledger for good."""
     open_ledger()
@@ -102,7 +102,7 @@ def discard(job_ids):
 
 
 @main.command()
-@click.argument("job_ids", metavar="JOB...", nargs=-1, required=True)
+@click.argument("job_ids", metavar="JOB...", nargs=-1, type=JOB_ID, required=True)
 def cancel(job_ids):
     """Cancel jobs: queued or scheduled ones will not run; running ones are stopped (app.canceling)."""
     open_ledger()

@@ -5,6 +5,7 @@ import click
 
 import config
 from app import operations
+from app.cli.common import QUEUE_NAME
 from app.cli.root import main
 from app.schema import open_ledger
 
@@ -21,14 +22,14 @@ def _set(queue: str | None, paused: bool) -> None:
 
 
 @main.command()
-@click.argument("queue", required=False)
+@click.argument("queue", required=False, type=QUEUE_NAME)
 def pause(queue):
     """Stop jobs of QUEUE (default: NIGHTSHIFT_QUEUE) from starting; they keep arriving. Survives restarts."""
     _set(queue, True)
 
 
 @main.command()
-@click.argument("queue", required=False)
+@click.argument("queue", required=False, type=QUEUE_NAME)
 def resume(queue):
     """Let jobs of QUEUE (default: NIGHTSHIFT_QUEUE) start again."""
     _set(queue, False)

@@ -7,14 +7,16 @@ import click
 
 import config
 from app.cli.root import main
-from app.cli.common import EXIT_FAILED, echo_json, json_option
+from app.cli.common import EXIT_FAILED, VALUE, WholeNumber, echo_json, json_option
 from app.schema import open_ledger
 from helpers.masking import MASK, mask_url
 
+MAX_WORKERS = 1000  # worker threads or processes of one consumer: past what one machine serves, short of a hang
+
 
 @main.command()
-@click.option("--workers", type=click.IntRange(min=1), help="Override NIGHTSHIFT_WORKERS.")
-@click.option("--queues", metavar="NAME=N,...", help="Serve these queues, each with its own N worker threads "
+@click.option("--workers", type=WholeNumber(1, MAX_WORKERS), help="Override NIGHTSHIFT_WORKERS.")
+@click.option("--queues", metavar="NAME=N,...", type=VALUE, help="Serve these queues, each with its own N worker threads "
               "(e.g. mail=2,default=4); overrides NIGHTSHIFT_QUEUES. Default: NIGHTSHIFT_QUEUE.")
 def worker(workers, queues):
     """Run the consumer: execute jobs, run the scheduler and recovery, until SIGTERM/SIGINT."""

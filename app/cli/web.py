@@ -6,13 +6,13 @@ import click
 
 import config
 from app.cli.root import main
-from app.cli.common import EXIT_FAILED, EXIT_USAGE, fail
+from app.cli.common import EXIT_FAILED, EXIT_USAGE, NAME, PORT, fail
 
 
 @main.command()
-@click.option("--bind", default="127.0.0.1", show_default=True, help="Address to listen on (beyond loopback only "
+@click.option("--bind", type=NAME, default="127.0.0.1", show_default=True, help="Address to listen on (beyond loopback only "
               "with NIGHTSHIFT_WEB_TOKEN set).")
-@click.option("--port", type=click.IntRange(min=0, max=65535), default=8080, show_default=True)
+@click.option("--port", type=PORT, default=8080, show_default=True)
 def web(bind, port):
     """Serve the operator console (overview, jobs, actions, schedule, JSON API) until SIGTERM or Ctrl-C."""
     settings = config.get()
