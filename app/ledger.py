@@ -150,10 +150,14 @@ def _finish_attempt(job_id: str, attempt: int, outcome: str, stamp: datetime.dat
     """Write the history row of a running attempt that ends now; False if that attempt is not running.
 
     Runs first in the transaction that moves the job on, while the job row still holds the attempt's worker
-    and start time."""
+    and start time. On PostgreSQL the SELECT locks the job row: under READ COMMITTED a second transition that
+    starts while the first is uncommitted then waits for it and re-reads the row (no longer running, so it
+    matches nothing), instead of reading the old row, waiting only on the history row's conflict and
+    overwriting it (both transitions winning). SQLite takes its write lock at BEGIN and needs no row lock."""
+    lock = "" if is_sqlite() else " FOR UPDATE"
     return _run(f'INSERT INTO "{ATTEMPT_TABLE}" ("job_id", "number", "worker", "started_at", "finished_at", '
                 f'"duration", "outcome", "error") SELECT "id", "attempt", "worker", "started_at", {{p}}, {{p}}, '
-                f'{{p}}, {{p}} FROM "{JOB_TABLE}" WHERE "id" = {{p}} AND "attempt" = {{p}} AND "state" = {{p}} '
+                f'{{p}}, {{p}} FROM "{JOB_TABLE}" WHERE "id" = {{p}} AND "attempt" = {{p}} AND "state" = {{p}}{lock} '
                 f'ON CONFLICT ("job_id", "number") DO UPDATE SET "worker" = excluded."worker", '
                 f'"started_at" = excluded."started_at", "finished_at" = excluded."finished_at", '
                 f'"duration" = excluded."duration", "outcome" = excluded."outcome", "error" = excluded."error"',

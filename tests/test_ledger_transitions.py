@@ -20,23 +20,6 @@ from conftest import USE_PG, wait_until
 
 LEASE = 30.0
 
-# A known defect of the PostgreSQL ledger, shown by the tests marked with it. The transitions that end a running
-# attempt (mark_succeeded/retrying/dead, requeue, cancel_running) are guarded by _finish_attempt's
-# INSERT ... SELECT ... WHERE state = 'running' ON CONFLICT DO UPDATE. Under READ COMMITTED, a second transition
-# that starts while the first is uncommitted reads the job as still running, waits on the history row's conflict,
-# then overwrites it (DO UPDATE) and returns True: both transitions win (a late success overwrites a requeue or a
-# cancel; two recoveries requeue one attempt and count the lost lease twice). SQLite takes the write lock at BEGIN
-# and is not affected. A fix (verified against these tests): lock the job row in that SELECT on PostgreSQL
-# (... AND "state" = {p} FOR UPDATE), so the second transition re-reads it after the first commits and matches
-# nothing. strict: once fixed, these XPASS and fail until this marker is removed.
-PG_FINISH_RACE = pytest.mark.xfail(USE_PG, strict=True, reason="PostgreSQL: a transition that ends a running "
-                                   "attempt does not wait for one in flight (see PG_FINISH_RACE)")
-# The same race released by a barrier: on PostgreSQL it fails most runs but not every run, so it only runs on
-# SQLite until the defect is fixed; its deterministic twin (PG_FINISH_RACE) shows it on PostgreSQL.
-PG_FINISH_RACE_UNORDERED = pytest.mark.skipif(USE_PG, reason="PostgreSQL: known defect PG_FINISH_RACE, shown "
-                                              "deterministically by the HeldTransaction twin of this test")
-
-
 @pytest.fixture
 def ledger(env):
     from app import ledger as module
@@ -241,7 +224,6 @@ def test_a_late_finish_after_a_lease_lost_requeue_changes_nothing(ledger):
     assert history(ledger, job_id) == [(1, "lease-lost"), (2, "succeeded")]
 
 
-@PG_FINISH_RACE_UNORDERED
 def test_racing_recoveries_requeue_a_lost_attempt_once(ledger):
     job_id = running(ledger)
     results = race(*[lambda: ledger.requeue(job_id, 1, "lease-lost", "lease expired", lease_lost=True)
@@ -252,7 +234,6 @@ def test_racing_recoveries_requeue_a_lost_attempt_once(ledger):
     assert history(ledger, job_id) == [(1, "lease-lost")]
 
 
-@PG_FINISH_RACE
 def test_a_second_requeue_waits_for_one_in_flight_and_changes_nothing(ledger):
     job_id = running(ledger)
     requeue = lambda: ledger.requeue(job_id, 1, "lease-lost", "lease expired", lease_lost=True)  # noqa: E731
@@ -265,7 +246,6 @@ def test_a_second_requeue_waits_for_one_in_flight_and_changes_nothing(ledger):
     assert history(ledger, job_id) == [(1, "lease-lost")]
 
 
-@PG_FINISH_RACE
 def test_a_late_success_waits_for_a_requeue_in_flight_and_changes_nothing(ledger):
     """Recovery requeues the attempt (its transaction not yet committed) while the worker, alive after all,
     records success: the success must wait for the requeue and then see its attempt is no longer running."""
@@ -360,7 +340,6 @@ def test_a_running_job_canceled_ignores_its_workers_late_outcome(ledger):
     assert history(ledger, job_id) == [(1, "canceled")]
 
 
-@PG_FINISH_RACE_UNORDERED
 def test_cancel_racing_the_workers_success_has_one_winner(ledger):
     winners = set()
     for _ in range(20):
@@ -374,7 +353,6 @@ def test_cancel_racing_the_workers_success_has_one_winner(ledger):
     print(f"cancel racing success: won by {sorted(winners)}")
 
 
-@PG_FINISH_RACE
 def test_a_late_success_waits_for_a_cancel_in_flight_and_changes_nothing(ledger):
     job_id = running(ledger)
     with HeldTransaction(lambda: ledger.cancel_running(job_id)) as held:
