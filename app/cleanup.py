@@ -11,9 +11,13 @@ What goes:
   older than NIGHTSHIFT_LOCK_MAX_AGE; a lock without a recorded holder is removed when no worker of the queue is
   alive, and otherwise given NIGHTSHIFT_LOCK_MAX_AGE as a TTL so it cannot outlive that.
 
-Which queue: the ledger's rows are cleaned for every queue sharing the ledger (retention is one setting, and only
-finished jobs and silent workers go, so another service's jobs lose nothing they still need); Redis keys only in
-this service's queue's namespace.
+Which queues: by default every queue the service knows (status.every_queue: NIGHTSHIFT_QUEUE, NIGHTSHIFT_QUEUES
+and every queue with jobs or consumers in the ledger), its ledger rows and its Redis keys alike, however the queues
+are spread over consumers: the periodic cleanup runs in whichever consumer won the tick, which may serve other
+queues. Every rule is judged by the ledger all queues share (retention is one setting, a worker is alive by
+ledger.gone_after, and only finished jobs, silent workers, orphans and locks of gone holders go), so another
+queue's or service's jobs lose nothing they still need. Named queues (`nightshift cleanup --queue Q`) restrict it
+to their jobs and keys; worker rows (of consumers that may serve any queue) then stay.
 
 How: in batches of NIGHTSHIFT_CLEANUP_BATCH (one short transaction per batch of rows; SCAN ... COUNT and
 pipelined UNLINK for keys), so a large cleanup never holds the database or Redis for long. Every delete is
@@ -27,6 +31,7 @@ import dataclasses
 import datetime
 import itertools
 import logging
+import os
 import re
 import time
 from typing import Iterator
@@ -34,10 +39,10 @@ from typing import Iterator
 from peewee import fn
 
 import config
-from app import keys, ledger
+from app import keys, ledger, status
 from app.db import is_sqlite
 from app.models import Attempt, Job, WorkerBeat
-from app.queue import NightshiftHuey, get_huey
+from app.queue import NightshiftHuey, check_queue_name, get_huey
 from app.states import State
 
 log = logging.getLogger("nightshift.cleanup")
@@ -45,6 +50,7 @@ log = logging.getLogger("nightshift.cleanup")
 SUCCEEDED = (State.SUCCEEDED,)
 FAILED = (State.DEAD, State.CANCELED, State.EXPIRED)
 CAN_STILL_RUN = (State.QUEUED, State.RETRYING, State.RUNNING)
+REDIS_COUNTERS = ("results", "revoke_flags", "locks", "locks_bounded")
 JOB_ID = re.compile(rb"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 # Scripts over one batch of keys (one round trip per batch; each runs for about a millisecond).
@@ -69,7 +75,8 @@ return out"""
 class Report:
     """What one cleanup removed (or, with dry_run, would remove)."""
     dry_run: bool = False
-    queue: str = ""
+    queues: list[str] = dataclasses.field(default_factory=list)  # whose Redis keys (and, if named, ledger rows)
+    every_queue: bool = True  # not restricted to named queues: ledger rows of all queues, worker rows too
     jobs_succeeded: int = 0
     jobs_failed: int = 0
     attempts: int = 0
@@ -86,6 +93,8 @@ class Report:
     locks_bounded: int = 0
     keys_scanned: int = 0
     seconds: float = 0.0
+    # Redis keys removed per queue: {queue: {"results": n, "revoke_flags": n, "locks": n, "locks_bounded": n}}
+    per_queue: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
 
     @property
     def bytes_freed(self) -> int:
@@ -95,9 +104,24 @@ class Report:
     def as_dict(self) -> dict:
         return dict(dataclasses.asdict(self), bytes_freed=self.bytes_freed)
 
+    def count(self, queue: str, counter: str, size: int = 0) -> None:
+        """One Redis key of `queue` removed (or bounded, for "locks_bounded"), of `size` bytes."""
+        setattr(self, counter, getattr(self, counter) + 1)
+        if counter != "locks_bounded":
+            setattr(self, counter + "_bytes", getattr(self, counter + "_bytes") + size)
+        of_queue = self.per_queue.setdefault(queue, dict.fromkeys(REDIS_COUNTERS, 0))
+        of_queue[counter] += 1
+
+    def scope(self) -> str:
+        """Which queues it acted on, in words."""
+        names = ", ".join(repr(name) for name in self.queues) or "none"
+        if self.every_queue:
+            return f"every queue: {names}"
+        return ("queue " if len(self.queues) == 1 else "queues ") + names + " (their jobs and keys only)"
+
     def summary(self) -> str:
         verb = "would remove" if self.dry_run else "removed"
-        return (f"{verb} (ledger rows of all queues; Redis keys of queue {self.queue!r}): {self.jobs_succeeded} "
+        return (f"{verb} ({self.scope()}): {self.jobs_succeeded} "
                 f"succeeded and {self.jobs_failed} dead/canceled/expired jobs ({self.attempts} attempts), "
                 f"{self.previews} dead-letter previews, {self.workers} worker rows, "
                 f"{self.results} results, {self.revoke_flags} revocation flags, {self.locks} stale locks; "
@@ -150,8 +174,11 @@ class Batches:
             time.sleep(self.pause if took < self.TARGET_SECONDS * 1.5 else self.SLOW_PAUSE_SECONDS)
 
 
-def _count_finished(before: datetime.datetime, states: tuple[str, ...]) -> tuple[int, int, int]:
+def _count_finished(before: datetime.datetime, states: tuple[str, ...],
+                    queues: list[str] | None = None) -> tuple[int, int, int]:
     finished = Job.state.in_(states) & (Job.finished_at < before)
+    if queues is not None:
+        finished &= ledger.in_queues(queues)
     jobs, size = Job.select(fn.COUNT(Job.id), fn.SUM(ledger.row_bytes(Job, ledger.TEXT_COLUMNS))) \
         .where(finished).tuples().first()
     attempts, attempt_size = Attempt.select(
@@ -160,19 +187,21 @@ def _count_finished(before: datetime.datetime, states: tuple[str, ...]) -> tuple
     return int(jobs or 0), int(attempts or 0), int(size or 0) + int(attempt_size or 0)
 
 
-def clean_ledger(report: Report, now: datetime.datetime, settings: config.Settings) -> None:
-    """Finished jobs past retention (with their attempts), then dead-letter previews, then old worker rows."""
+def clean_ledger(report: Report, now: datetime.datetime, settings: config.Settings,
+                 queues: list[str] | None = None) -> None:
+    """Finished jobs past retention (with their attempts), then dead-letter previews, then old worker rows; of
+    every queue, or of `queues` only (their jobs; worker rows then stay)."""
     for states, days, field in ((SUCCEEDED, settings.retain_succeeded_days, "jobs_succeeded"),
                                 (FAILED, settings.retain_failed_days, "jobs_failed")):
         before = days_ago(now, days)
         if report.dry_run:
-            jobs, attempts, size = _count_finished(before, states)
+            jobs, attempts, size = _count_finished(before, states, queues)
         else:
             jobs = attempts = size = 0
             batches = Batches(settings.cleanup_batch)
             while True:  # until a batch finds nothing: a concurrent cleanup may take part of ours
                 with batches.timed() as limit:
-                    done, history, freed = ledger.delete_finished(before, states, limit)
+                    done, history, freed = ledger.delete_finished(before, states, limit, queues)
                 if not done:
                     break
                 jobs, attempts, size = jobs + done, attempts + history, size + freed
@@ -182,8 +211,7 @@ def clean_ledger(report: Report, now: datetime.datetime, settings: config.Settin
 
     before = days_ago(now, settings.retain_preview_days)
     if report.dry_run:
-        old = (Job.state == State.DEAD) & Job.raw.is_null(False) & (Job.raw != ledger.PREVIEW_REMOVED) \
-            & (Job.finished_at < before) & (Job.finished_at >= days_ago(now, settings.retain_failed_days))
+        old = ledger.old_previews(before, queues) & (Job.finished_at >= days_ago(now, settings.retain_failed_days))
         count, size = Job.select(fn.COUNT(Job.id), fn.SUM(fn.LENGTH(Job.raw).coerce(False))).where(old) \
             .tuples().first()
         report.previews += int(count or 0)
@@ -192,12 +220,14 @@ def clean_ledger(report: Report, now: datetime.datetime, settings: config.Settin
         batches = Batches(settings.cleanup_batch)
         while True:
             with batches.timed() as limit:
-                done, freed = ledger.drop_previews(before, limit)
+                done, freed = ledger.drop_previews(before, limit, queues)
             if not done:
                 break
             report.previews += done
             report.previews_bytes += freed
 
+    if queues is not None:
+        return  # a consumer's row may be of any queue it serves: only a cleanup of every queue removes it
     before = days_ago(now, settings.retain_workers_days)
     gone = (WorkerBeat.stopped_at < before) | (WorkerBeat.last_seen < before)
     if report.dry_run:
@@ -236,19 +266,39 @@ def _past_retention(state: str, finished_at: datetime.datetime | None, now: date
     return state in FAILED and finished_at < days_ago(now, settings.retain_failed_days)
 
 
-def clean_redis(report: Report, huey: NightshiftHuey, now: datetime.datetime, settings: config.Settings) -> None:
-    storage = huey.storage
-    conn = storage.conn
-    prefix = storage.result_prefix
-    lock_prefix = keys.task_lock_prefix(huey.name).encode()
+def _lock_is_stale(holder: dict | None, wall: float, alive_anywhere: set[str], alive_on_queue: set[str],
+                   settings: config.Settings) -> bool:
+    """A lock with a recorded holder is stale when that holder is not a live consumer (of any queue: a task takes
+    its lock in the service's queue whatever queue it runs on) by the one rule, ledger.gone_after, counting the
+    moment it took the lock as a sign of life (it may not have beaten yet), or when it is older than
+    NIGHTSHIFT_LOCK_MAX_AGE. One without a holder, when no consumer of its queue is alive."""
+    if holder is None:
+        return not alive_on_queue
+    age = wall - float(holder.get("since") or 0)
+    return (holder["holder"] not in alive_anywhere and age > ledger.gone_after(settings)) \
+        or bool(settings.lock_max_age and age > settings.lock_max_age)
+
+
+def clean_redis(report: Report, queues: list[str], now: datetime.datetime, settings: config.Settings) -> None:
+    """Results, revocation flags and locks of `queues`, in one SCAN of Redis however many queues there are (a SCAN
+    walks the whole keyspace whatever its MATCH), each key handled by the queue whose namespace it is in."""
+    if not queues:
+        return
+    hueys = [get_huey(name) for name in queues]
+    conn = hueys[0].storage.conn  # every queue of a service is on one Redis
+    # Longest prefix first: queue "a.b"'s keys also start with queue "a"'s prefix.
+    namespaces = sorted(((h.storage.result_prefix, h) for h in hueys), key=lambda item: -len(item[0]))
     sizes_of = conn.register_script(SIZES)
     unlink_checked = conn.register_script(UNLINK_CHECKED)
-    alive = ledger.alive_worker_ids(huey.name, now, settings)
+    alive_anywhere = ledger.alive_worker_ids(None, now, settings)
+    alive = {h.name: ledger.alive_worker_ids(h.name, now, settings) for h in hueys}
     wall = time.time()
 
-    def handle(keys: list[bytes]) -> None:
+    def handle(huey: NightshiftHuey, found: list[bytes]) -> None:
+        prefix = huey.storage.result_prefix
+        lock_prefix = keys.task_lock_prefix(huey.name).encode()
         results, flags, locks = [], [], []
-        for key in keys:
+        for key in found:
             suffix = key[len(prefix):]
             if suffix.startswith(lock_prefix):
                 locks.append(key)
@@ -293,53 +343,73 @@ def clean_redis(report: Report, huey: NightshiftHuey, now: datetime.datetime, se
             if value is None:
                 continue
             holder = _lock_holder(huey, value)
-            if holder is not None:
-                age = wall - float(holder.get("since") or 0)
-                stale = (holder["holder"] not in alive and age > max(3 * settings.heartbeat_seconds, 30.0)) \
-                    or (settings.lock_max_age and age > settings.lock_max_age)
-            else:
-                stale = not alive
-                if not stale and ttl == -1 and settings.lock_max_age:
-                    bound.append(key)
-            if stale:
+            if _lock_is_stale(holder, wall, alive_anywhere, alive[huey.name], settings):
                 doomed.append(("equal", key, value, len(value) + len(key), "locks"))
+            elif holder is None and ttl == -1 and settings.lock_max_age:
+                bound.append(key)
 
         if report.dry_run:
             for _, _, _, size, counter in doomed:
-                setattr(report, counter, getattr(report, counter) + 1)
-                setattr(report, counter + "_bytes", getattr(report, counter + "_bytes") + size)
-            report.locks_bounded += len(bound)
+                report.count(huey.name, counter, size)
+            for _ in bound:
+                report.count(huey.name, "locks_bounded")
             return
         outcomes = unlink_checked(keys=[d[1] for d in doomed],
                                   args=[b"=" + d[2] if d[0] == "equal" else d[0] for d in doomed]) if doomed else []
         for (_, _, _, size, counter), removed in zip(doomed, outcomes):
             if removed:
-                setattr(report, counter, getattr(report, counter) + 1)
-                setattr(report, counter + "_bytes", getattr(report, counter + "_bytes") + size)
+                report.count(huey.name, counter, size)
         for key in bound:  # NX: only a lock that still has no TTL gets one
-            report.locks_bounded += int(bool(conn.expire(key, int(settings.lock_max_age), nx=True)))
+            if conn.expire(key, int(settings.lock_max_age), nx=True):
+                report.count(huey.name, "locks_bounded")
 
-    batch: list[bytes] = []
-    for key in conn.scan_iter(match=_glob_escape(prefix) + b"*", count=settings.cleanup_batch):
-        batch.append(key)
+    for huey in hueys:
+        report.per_queue.setdefault(huey.name, dict.fromkeys(REDIS_COUNTERS, 0))
+    batches: dict[str, list[bytes]] = {}
+    common = os.path.commonprefix([prefix for prefix, _ in namespaces])
+    for key in conn.scan_iter(match=_glob_escape(common) + b"*", count=settings.cleanup_batch):
+        huey = next((h for prefix, h in namespaces if key.startswith(prefix)), None)
+        if huey is None:
+            continue  # another queue's (common is only the namespaces' shared start)
         report.keys_scanned += 1
+        batch = batches.setdefault(huey.name, [])
+        batch.append(key)
         if len(batch) >= settings.cleanup_batch:
-            handle(batch)
-            batch = []
-    if batch:
-        handle(batch)
+            handle(huey, batch)
+            batches[huey.name] = []
+    for huey in hueys:
+        if batches.get(huey.name):
+            handle(huey, batches[huey.name])
 
 
-def run(huey: NightshiftHuey | None = None, dry_run: bool = False,
-        now: datetime.datetime | None = None) -> Report:
-    """One cleanup pass: the ledger first (so results of jobs it removes become orphans), then Redis."""
+def queues_to_clean(settings: config.Settings, queues: list[str] | None = None) -> list[str]:
+    """The queues whose Redis keys a cleanup walks: those named, else every queue the service knows but the jobs
+    without a queue (from before the ledger recorded queues: their keys are in no queue's namespace) and names
+    Huey cannot carry (a ledger row written by hand)."""
+    if queues is not None:
+        return list(dict.fromkeys(queues))
+    names = []
+    for name in status.every_queue(settings):
+        if name is None:
+            continue
+        try:
+            names.append(check_queue_name(name))
+        except ValueError:
+            log.warning("cleanup: queue %r of the ledger is not a queue name Huey can carry: its keys are left", name)
+    return names
+
+
+def run(dry_run: bool = False, now: datetime.datetime | None = None, queues: list[str] | None = None,
+        settings: config.Settings | None = None) -> Report:
+    """One cleanup pass of every queue the service knows, or of `queues` only: the ledger first (so results of jobs
+    it removes become orphans), then Redis."""
     started = time.monotonic()
-    settings = config.get()
-    huey = huey or get_huey()
+    settings = settings or config.get()
     now = now or ledger.now()
-    report = Report(dry_run=dry_run, queue=huey.name)
-    clean_ledger(report, now, settings)
-    clean_redis(report, huey, now, settings)
+    names = queues_to_clean(settings, queues)
+    report = Report(dry_run=dry_run, queues=names, every_queue=queues is None)
+    clean_ledger(report, now, settings, None if queues is None else names)
+    clean_redis(report, names, now, settings)
     report.seconds = round(time.monotonic() - started, 3)
     if not dry_run:
         log.info("cleanup %s", report.summary(), extra={"cleanup": report.as_dict()})

@@ -482,14 +482,19 @@ def row_bytes(model, columns: Iterable[str]):
     return total
 
 
-def delete_finished(before: datetime.datetime, states: Iterable[str], limit: int = 1000) -> tuple[int, int, int]:
-    """Delete at most `limit` jobs in `states` that finished before `before`, with their attempts, in one short
-    transaction; returns (jobs, attempts, approximate bytes) actually deleted by this call.
+def delete_finished(before: datetime.datetime, states: Iterable[str], limit: int = 1000,
+                    queues: Iterable[str | None] | None = None) -> tuple[int, int, int]:
+    """Delete at most `limit` jobs in `states` that finished before `before` (of `queues` only, when given: see
+    in_queues), with their attempts, in one short transaction; returns (jobs, attempts, approximate bytes)
+    actually deleted by this call.
 
     One DELETE ... WHERE id IN (SELECT ... LIMIT) RETURNING statement: no read-modify-write, so two cleanups
     running at once delete each row once between them and each counts only what it removed."""
     states = tuple(states)
-    batch = Job.select(Job.id).where(_finished(states, before)).limit(limit)  # the (state, finished_at) index
+    where = _finished(states, before)
+    if queues is not None:
+        where &= in_queues(queues)
+    batch = Job.select(Job.id).where(where).limit(limit)  # the (state, finished_at) index
     with database.atomic():
         gone = list(Job.delete().where(Job.id.in_(batch), _finished(states, before, recheck=True))
                     .returning(Job.id, row_bytes(Job, TEXT_COLUMNS).alias("size")).tuples().execute())
@@ -516,10 +521,17 @@ def _finished(states: tuple[str, ...], before: datetime.datetime, recheck: bool 
     return state.in_(list(states)) & (finished_at < Job.finished_at.to_value(before))
 
 
-def drop_previews(before: datetime.datetime, limit: int = 1000) -> tuple[int, int]:
-    """Replace the raw-message preview of dead letters older than `before` (at most `limit` of them) with a
-    short marker; returns (previews dropped, bytes freed) by this call."""
+def old_previews(before: datetime.datetime, queues: Iterable[str | None] | None = None) -> peewee.Expression:
+    """WHERE condition: dead letters (of `queues`, when given) older than `before` that still keep their preview."""
     old = (Job.state == State.DEAD) & Job.raw.is_null(False) & (Job.raw != PREVIEW_REMOVED) & (Job.finished_at < before)
+    return old & in_queues(queues) if queues is not None else old
+
+
+def drop_previews(before: datetime.datetime, limit: int = 1000,
+                  queues: Iterable[str | None] | None = None) -> tuple[int, int]:
+    """Replace the raw-message preview of dead letters older than `before` (at most `limit` of them; of `queues`
+    only, when given) with a short marker; returns (previews dropped, bytes freed) by this call."""
+    old = old_previews(before, queues)
     sizes = dict(Job.select(Job.id, fn.LENGTH(Job.raw).coerce(False)).where(old).limit(limit).tuples())
     if not sizes:
         return 0, 0
@@ -547,15 +559,18 @@ def serves(beat_queues: str | None, queue: str) -> bool:
     return queue in (beat_queues or "").split(",")
 
 
-def alive_worker_ids(queue: str, now: datetime.datetime, settings: config.Settings,
+def alive_worker_ids(queue: str | None, now: datetime.datetime, settings: config.Settings,
                      host: str | None = None) -> set[str]:
-    """Ids of the live consumers of `queue` (on `host`, when given), also those serving other queues too."""
+    """Ids of the live consumers of `queue` (None: of any queue; on `host`, when given), also those serving other
+    queues too."""
     since = now - datetime.timedelta(seconds=gone_after(settings))
-    where = served_by(queue) & WorkerBeat.stopped_at.is_null() & (WorkerBeat.last_seen >= since)
+    where = WorkerBeat.stopped_at.is_null() & (WorkerBeat.last_seen >= since)
+    if queue is not None:
+        where &= served_by(queue)
     if host:
         where &= WorkerBeat.host == host
     return {row[0] for row in WorkerBeat.select(WorkerBeat.id, WorkerBeat.queue).where(where).tuples()
-            if serves(row[1], queue)}
+            if queue is None or serves(row[1], queue)}
 
 
 def record_beat(worker_id: str, **fields: Any) -> None:

@@ -22,6 +22,7 @@ from peewee import fn
 import config
 from app import catalog, ledger, pausing
 from app import schedule as sched
+from app.db import database
 from app.preflight import check_database, check_redis
 from app.models import WAITING, Job, WorkerBeat
 from app.queue import get_huey
@@ -60,11 +61,35 @@ ALL_QUEUES = "*"        # every queue that has jobs or consumers in the ledger
 NO_QUEUE_NAME = "(none)"  # how rows without a queue are named in output
 
 
+def _sorted_queues(names: Iterable[str | None]) -> list[str | None]:
+    return sorted(set(names), key=lambda name: (name is None, name or ""))
+
+
 def known_queues() -> list[str | None]:
-    """Every queue the ledger has jobs or consumers of (None: jobs from before the ledger recorded queues)."""
-    names = {row[0] for row in Job.select(Job.queue).distinct().tuples()}
+    """Every queue the ledger has jobs or consumers of (None: jobs from before the ledger recorded queues).
+
+    Without reading every job: a loose index scan (the next queue name after the last one, by the (queue, ...)
+    index) costs one index seek per queue, where `SELECT DISTINCT queue` read the whole index, which grows with
+    the ledger; then whether any job has no queue (one seek)."""
+    table = Job._meta.table_name
+    rows = database.obj.execute_sql(
+        f'WITH RECURSIVE q(name) AS (SELECT MIN("queue") FROM "{table}" UNION ALL '
+        f'SELECT (SELECT MIN("queue") FROM "{table}" WHERE "queue" > q.name) FROM q WHERE q.name IS NOT NULL) '
+        f'SELECT name FROM q WHERE name IS NOT NULL').fetchall()
+    names: set[str | None] = {row[0] for row in rows}
+    if Job.select(Job.id).where(Job.queue.is_null()).limit(1).tuples().first():
+        names.add(None)
     names |= {name for row in WorkerBeat.select(WorkerBeat.queue).distinct().tuples() for name in row[0].split(",")}
-    return sorted(names, key=lambda name: (name is None, name or ""))
+    return _sorted_queues(names)
+
+
+def every_queue(settings: config.Settings | None = None) -> list[str | None]:
+    """The queues cleanup and the metrics cover: this service's own (NIGHTSHIFT_QUEUE and NIGHTSHIFT_QUEUES'
+    names, even before they have jobs) and every queue the ledger knows (known_queues), so that no queue's keys
+    or figures are left out however the queues are spread over consumers and services."""
+    settings = settings or config.get()
+    own = {settings.queue} | {name for name, _ in config.parse_queues(settings.queues)}
+    return _sorted_queues(own | set(known_queues()))
 
 
 def resolve_queues(queues: Iterable[str | None] | str | None = None) -> list[str | None]:
@@ -148,6 +173,57 @@ def throughput(stamp: datetime.datetime, queues: Iterable[str | None] | str | No
                                      of_queues_in_window(queues)) \
         .tuples().first() or ()
     return {f"{m}m": round(int(row[i] or 0) / m, 2) if row else 0.0 for i, m in enumerate(THROUGHPUT_WINDOWS)}
+
+
+
+def _queue_in_window() -> peewee.Node:
+    """A job's queue as the window queries group by it: `queue || ''` (see of_queues_in_window; NULL stays NULL)."""
+    return Job.queue.concat("")
+
+
+def throughput_by_queue(stamp: datetime.datetime,
+                        queues: Iterable[str | None] | str | None = None) -> dict[str | None, dict]:
+    """throughput, for each of `queues` apart, in the same one range scan (grouped by queue)."""
+    since = {m: stamp - datetime.timedelta(minutes=m) for m in THROUGHPUT_WINDOWS}
+    processed = Job.state.in_(PROCESSED)
+    columns = [fn.SUM(peewee.Case(None, [((Job.finished_at >= since[m]) & processed, 1)], 0))
+               for m in THROUGHPUT_WINDOWS]
+    names = resolve_queues(queues)
+    found = {name: {f"{m}m": 0.0 for m in THROUGHPUT_WINDOWS} for name in names}
+    queue = _queue_in_window()
+    for name, *counts in (Job.select(queue, *columns)
+                          .where(Job.finished_at >= since[max(THROUGHPUT_WINDOWS)], of_queues_in_window(names))
+                          .group_by(queue).tuples()):
+        found[name] = {f"{m}m": round(int(counts[i] or 0) / m, 2) for i, m in enumerate(THROUGHPUT_WINDOWS)}
+    return found
+
+
+def finished_by_queue(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
+                      queues: Iterable[str | None] | str | None = None) -> dict[tuple[str | None, str], dict]:
+    """Jobs of `queues` finished within the window, by (queue, task) and outcome: one range scan on the
+    finished_at index, grouped (by `task || ''`, as task_stats does, so no index on task tempts SQLite)."""
+    since = stamp - datetime.timedelta(seconds=window)
+    outcomes = ("succeeded", "dead", "canceled", "expired")
+    sums = [fn.SUM(peewee.Case(None, [(Job.state == outcome, 1)], 0)) for outcome in outcomes]
+    queue, task = _queue_in_window(), Job.task.concat("")
+    return {(name, task_name): dict(zip(outcomes, (int(c or 0) for c in counts)))
+            for name, task_name, *counts in (Job.select(queue, task, *sums)
+                                             .where(Job.finished_at >= since, of_queues_in_window(queues))
+                                             .group_by(queue, task).tuples())}
+
+
+def durations_by_queue(stamp: datetime.datetime, window: float = WINDOW_SECONDS, limit: int = SAMPLE_LIMIT,
+                       queues: Iterable[str | None] | str | None = None) -> dict[tuple[str | None, str], list[float]]:
+    """recent_durations by (queue, task): the `limit` most recent of all `queues` together, split afterwards."""
+    since = stamp - datetime.timedelta(seconds=window)
+    found: dict[tuple[str | None, str], list[float]] = {}
+    for name, task, state, duration in (Job.select(Job.queue, Job.task, Job.state, Job.duration)
+                                        .where(Job.finished_at >= since, Job.duration.is_null(False),
+                                               of_queues_in_window(queues))
+                                        .order_by(Job.finished_at.desc()).limit(limit).tuples()):
+        if state in PROCESSED:
+            found.setdefault((name, task), []).append(float(duration))
+    return found
 
 
 # -- tasks ---------------------------------------------------------------------------------------------------------

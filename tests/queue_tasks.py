@@ -5,8 +5,10 @@ that test's own on the shared Redis."""
 from __future__ import annotations
 
 import os
+import time
 
 from app import periodic_task, task
+from app.locks import lock_task
 from app.schedule import every_tick
 
 MAIL = os.environ.get("NIGHTSHIFT_TEST_MAIL_QUEUE", "mail")
@@ -27,3 +29,11 @@ def bounce_mail() -> None:
 @periodic_task(every_tick, queue=MAIL)
 def mail_tick() -> None:
     """A periodic task routed to the mail queue."""
+
+
+@task()
+def hold_lock(name: str, seconds: float) -> None:
+    """Hold the task lock NAME for SECONDS: taken in the consumer's service queue (NIGHTSHIFT_QUEUE), whatever
+    queue the job runs on, with the consumer as its recorded holder (app.locks)."""
+    with lock_task(name):
+        time.sleep(seconds)

@@ -29,6 +29,10 @@ GROUPS = [
     ("canceled_10d", "canceled", 10, False, 3_000, True),
     ("retrying", "retrying", None, False, 5_000, True),
 ]
+# Cleanup judges a lock's holder alive by the ledger's one rule (ledger.gone_after: 3 heartbeats) and runs here with
+# the default heartbeat, so the seeded lock ages (1 s: may not have beaten yet; 60 s: gone) lie on either side of
+# its 30 s whatever the time seeding takes (the tests' 0.5 s heartbeat would make it 1.5 s).
+CLEANUP_HEARTBEAT = "10"
 EXPECTED = {"jobs_succeeded": 10_000, "jobs_failed": 8_000, "attempts": 18_000, "previews": 3_000,
             "workers": 2, "results": 29_000, "revoke_flags": 5_000, "locks": 3, "locks_bounded": 1}
 
@@ -181,7 +185,7 @@ def check_result(queue: str, s: Seed) -> None:
 
 
 def run_cleanup(env, *args: str) -> dict:
-    out = cli(env, "cleanup", "--json", *args)
+    out = cli(env, "cleanup", "--json", *args, NIGHTSHIFT_HEARTBEAT_SECONDS=CLEANUP_HEARTBEAT)
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -210,9 +214,9 @@ def test_two_cleanups_at_once_remove_everything_once(env, ledger_db):
     queue = env["NIGHTSHIFT_QUEUE"]
     s = seed(queue)
     beat_live_worker()
-    procs = [subprocess.Popen([sys.executable, "-m", "app", "cleanup", "--json"], env=env.full(
-        NIGHTSHIFT_CLEANUP_BATCH=250), cwd=env.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)]
+    settings = env.full(NIGHTSHIFT_CLEANUP_BATCH=250, NIGHTSHIFT_HEARTBEAT_SECONDS=CLEANUP_HEARTBEAT)
+    procs = [subprocess.Popen([sys.executable, "-m", "app", "cleanup", "--json"], env=settings, cwd=env.tmp,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     reports = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)

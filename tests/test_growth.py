@@ -128,6 +128,10 @@ def test_status_window_figures_range_over_finished_at(grown, env):
     with Plans() as plans:
         status.throughput(stamp)
         status.task_stats(stamp)
+        names = status.every_queue()  # the metrics' queues, and their figures by queue
+        status.throughput_by_queue(stamp, names)
+        status.finished_by_queue(stamp, queues=names)
+        status.durations_by_queue(stamp, queues=names)
     assert plans.seen and not plans.scans(), plans.seen
     windowed = [plan for sql, plan in plans.seen if '"finished_at" >=' in sql]
     assert windowed

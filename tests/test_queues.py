@@ -1,18 +1,24 @@
 """Named queues on one ledger and one Redis (issue 14, item 1): routing by decorator, by submit(queue=) and by
 `--queue`; one consumer serving several queues, each with its own worker threads; per-queue status, list, dead and
-retry; recovery of a non-default queue's job after SIGKILL; periodic ticks once with multi-queue consumers.
+retry; recovery of a non-default queue's job after SIGKILL; periodic ticks once with multi-queue consumers;
+cleanup and metrics of every queue.
 
 Real Redis, a real ledger (SQLite or PostgreSQL), consumers as real subprocesses sent real signals."""
 from __future__ import annotations
 
+import datetime
 import json
 import re
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 
 import pytest
 import redis
 
-from conftest import cli, cleanup_queue, wait_until
+from conftest import cli, cleanup_queue, free_port, wait_until
 
 TICK = 2
 
@@ -171,3 +177,118 @@ def test_periodic_task_on_a_named_queue_once_per_tick(env, queues, start_worker,
     assert len(observed) >= 3 and observed == list(range(first, observed[-1] + 1, TICK)), f"a tick was missed: {won}"
     assert len(jobs(task="mail_tick")) == len(won)  # one job per tick won, whatever the number of consumers
     assert {job.queue for job in jobs(task="mail_tick")} == {queues["mail"]}
+
+
+# -- cleanup and metrics of every queue ------------------------------------------------------------------------------
+
+def gone(worker_id_queue: str) -> bool:
+    """No live consumer of the queue by the ledger's one rule (ledger.gone_after)."""
+    import config
+    from app import ledger
+    return not ledger.alive_worker_ids(worker_id_queue, ledger.now(), config.get())
+
+
+def cleanup_report(env, *args: str) -> dict:
+    out = cli(env, "cleanup", "--json", *args)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_cleanup_acts_on_every_queue_and_frees_gone_holders_locks(env, queues, start_worker):
+    """The results of a second queue's jobs past retention, and the locks of consumers SIGKILLed while holding them
+    (one in the service's queue, held by a consumer of the mail queue alone; one in another service's queue),
+    go in the default cleanup; a live holder's lock stays, even though its holder serves another queue."""
+    from app import ledger, submit
+    from app.models import Job
+    from app.queue import get_huey
+    default, mail, slow = queues["default"], queues["mail"], queues["slow"]
+    mail_only = start_worker("mail-only", NIGHTSHIFT_QUEUES=f"{mail}=1")
+    other_service = start_worker("other-service", NIGHTSHIFT_QUEUE=slow)  # a service of its own on the ledger
+    added = [submit("add", a=i, queue=mail) for i in range(3)]
+    wait_until(lambda: all(state(i) == "succeeded" for i in added), 15, message="mail jobs done")
+    result_keys = [get_huey(mail).storage.result_key(i) for i in added]
+    conn = get_huey().storage.conn
+    assert all(conn.ttl(key) > 0 for key in result_keys), "results of the mail queue are stored in its namespace"
+    holders = [submit("hold_lock", name="export", seconds=120, queue=q) for q in (mail, slow)]
+    lock_keys = [get_huey(q).storage.result_key(f"{q}.lock.export") for q in (default, slow)]
+    wait_until(lambda: all(conn.exists(key) for key in lock_keys), 15, message="both locks taken")
+
+    # Older than ledger.gone_after (1.5 s here), held by a live consumer of the mail queue alone: kept.
+    time.sleep(2)
+    kept = cleanup_report(env)
+    assert kept["locks"] == 0 and all(conn.exists(key) for key in lock_keys), kept
+    assert set(kept["queues"]) >= {default, mail, slow} and kept["every_queue"] is True
+
+    # Eight days later (past NIGHTSHIFT_RETAIN_SUCCEEDED_DAYS) and both holders SIGKILLed.
+    Job.update(finished_at=ledger.now() - datetime.timedelta(days=8)).where(Job.id.in_(added)).execute()
+    mail_only.kill()
+    other_service.kill()
+    wait_until(lambda: gone(mail) and gone(slow), 10, message="both consumers gone by the ledger's rule")
+    assert [state(i) for i in holders] == ["running", "running"]
+
+    # --queue restricts it to that queue's jobs and keys, and says so.
+    only_mail = cleanup_report(env, "--queue", mail, "--dry-run")
+    assert (only_mail["queues"], only_mail["every_queue"]) == ([mail], False)
+    assert (only_mail["jobs_succeeded"], only_mail["results"], only_mail["locks"]) == (3, 3, 0), only_mail
+    only_default = cleanup_report(env, "--queue", default, "--dry-run")
+    assert (only_default["jobs_succeeded"], only_default["results"], only_default["locks"]) == (0, 0, 1)
+    text = cli(env, "cleanup", "--dry-run", "--queue", mail)
+    assert text.returncode == 0 and f"would remove (queue {mail!r} (their jobs and keys only))" in text.stdout
+    assert all(conn.exists(key) for key in result_keys + lock_keys), "--dry-run removed something"
+    both = cli(env, "cleanup", "--queue", mail, "--all-queues")
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+
+    report = cleanup_report(env)
+    assert (report["jobs_succeeded"], report["results"], report["locks"]) == (3, 3, 2), report
+    assert report["per_queue"][mail]["results"] == 3
+    assert report["per_queue"][default]["locks"] == 1 and report["per_queue"][slow]["locks"] == 1
+    assert not any(conn.exists(key) for key in result_keys + lock_keys)
+
+
+def scrape(port: int) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_carry_every_queue(env, queues, start_worker):
+    from app import submit
+    default, mail, slow = queues["default"], queues["mail"], queues["slow"]
+    worker = start_worker("both", NIGHTSHIFT_QUEUES=f"{mail}=1,{default}=1")
+    done = [submit("send_mail"), submit("send_mail"), submit("noop")]
+    dead = [submit("bounce_mail"), submit("always_fails", retries=0)]
+    wait_until(lambda: all(state(i) == "succeeded" for i in done) and all(state(i) == "dead" for i in dead), 15,
+               message="jobs of both queues done")
+    submit("noop", queue=mail, delay=600)
+    submit("noop", queue=slow)  # a queue without a consumer: its backlog shows too
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "app", "metrics", "--port", str(port)], env=env.full(),
+                            cwd=env.tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: "serving" in proc.stderr.readline() or proc.poll() is not None, 15, message="metrics")
+        m = scrape(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    jobs = lambda q, s: m[("nightshift_jobs", (("queue", q), ("state", s)))]  # noqa: E731
+    assert (jobs(mail, "dead"), jobs(mail, "scheduled"), jobs(mail, "waiting")) == (1, 1, 0)
+    assert (jobs(default, "dead"), jobs(default, "scheduled"), jobs(slow, "waiting")) == (1, 0, 1)
+    for q in (mail, default):
+        assert m[("nightshift_dead_letters", (("queue", q),))] == 1
+        assert m[("nightshift_workers", (("queue", q), ("status", "alive")))] == 1
+        assert m[("nightshift_throughput_jobs_per_minute", (("queue", q), ("window", "1m")))] >= 2
+    assert m[("nightshift_workers", (("queue", slow), ("status", "alive")))] == 0
+    def finished(q: str, task: str, outcome: str) -> float:
+        return m[("nightshift_jobs_finished", (("outcome", outcome), ("queue", q), ("task", task)))]
+    assert finished(mail, "send_mail", "succeeded") == 2 and finished(mail, "bounce_mail", "dead") == 1
+    assert finished(default, "noop", "succeeded") == 1 and finished(default, "always_fails", "dead") == 1
+    assert m[("nightshift_job_duration_seconds_count", (("queue", mail), ("task", "send_mail")))] == 2
+    assert m[("nightshift_redis_messages", (("queue", mail), ("where", "schedule")))] == 1
+    assert m[("nightshift_redis_messages", (("queue", slow), ("where", "queue")))] == 1
+    assert m[("nightshift_oldest_waiting_seconds", (("queue", slow),))] > 0
+    [rss_mail] = [v for (name, labels), v in m.items() if name == "nightshift_worker_rss_bytes"
+                  and ("queue", mail) in labels]
+    assert rss_mail > 5 * 2**20
+    assert worker.stop(30) == 0

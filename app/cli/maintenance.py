@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import click
 
+import config
 from app.cli.root import main
-from app.cli.common import echo_json, json_option, table
+from app.cli.common import EXIT_USAGE, echo_json, fail, json_option, table
 from app.schema import open_ledger
 
 
@@ -12,7 +13,6 @@ from app.schema import open_ledger
 @json_option
 def schedule(as_json):
     """List periodic tasks: schedule (in words and cron form), next run, last run and its outcome."""
-    import config
     from app.status import schedule_rows
     open_ledger()
     tick = config.get().tick_seconds
@@ -30,12 +30,25 @@ def schedule(as_json):
 
 @main.command()
 @click.option("--dry-run", is_flag=True, help="Count what would be removed; change nothing.")
+@click.option("--queue", "queue_names", multiple=True, metavar="NAME",
+              help="Only the jobs and Redis keys of queue NAME (repeatable). Default: every queue the service "
+                   "knows (NIGHTSHIFT_QUEUE, NIGHTSHIFT_QUEUES and every queue in the ledger).")
+@click.option("--all-queues", is_flag=True, help="Every queue the service knows (the default, said explicitly).")
 @json_option
-def cleanup(dry_run, as_json):
+def cleanup(dry_run, queue_names, all_queues, as_json):
     """Remove expired results, finished jobs past retention, stale locks, old flags and previews now."""
     from app import cleanup as cleanup_mod
-    open_ledger()
-    report = cleanup_mod.run(dry_run=dry_run)
+    from app.queue import check_queue_name
+    if all_queues and queue_names:
+        fail("--queue and --all-queues exclude each other", EXIT_USAGE)
+    for name in queue_names:
+        try:
+            check_queue_name(name)
+        except ValueError as exc:
+            fail(f"--queue: {exc}", EXIT_USAGE)
+    settings = config.get()
+    open_ledger(settings.database_url)
+    report = cleanup_mod.run(dry_run=dry_run, queues=list(queue_names) or None, settings=settings)
     if as_json:
         echo_json(report.as_dict())
     else:
