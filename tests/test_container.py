@@ -1,4 +1,4 @@
-"""The Docker image, for real: build it with podman and run a consumer and a producer from it.
+"""The Docker image, for real: build it with podman and run a consumer, a producer and the console from it.
 
 Uses ../shared/tools/container (podman, host network; no Docker engine needed) and the Redis on the host's
 loopback (logical db 13, a queue name of its own). The ledger is SQLite in a host directory mounted at /data, or
@@ -16,10 +16,14 @@ import os
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = Path(os.environ.get("NIGHTSHIFT_CONTAINER_TOOL", ROOT.parent / "shared" / "tools" / "container"))
@@ -151,6 +155,9 @@ def test_consumer_and_producer_containers(image, ledger, capsys):
         assert job["state"] == "succeeded", job
         assert job["result"]["path"] == "/etc/hostname" and len(job["result"]["sha256"]) == 64
 
+        # The console from the same image (`nightshift web`, the alternative command), beside the live consumer.
+        check_console(image, mounts, env, queue, job_id, name)
+
         # The image's HEALTHCHECK (`nightshift health`) against a live consumer; podman runs it in the container.
         health = podman("healthcheck", "run", name, check=False)
         has_health = cli("health", "--help", check=False).returncode == 0
@@ -181,6 +188,64 @@ def test_consumer_and_producer_containers(image, ledger, capsys):
     finally:
         podman("rm", "--force", "--time", "0", name, check=False)
         delete_queue_keys(queue)
+
+
+def http(url: str, token: str | None = None) -> tuple[int, dict, str]:
+    """(status, headers, body) of a GET, redirects not followed (the console's login redirect is checked)."""
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.build_opener(NoRedirect).open(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read().decode()
+
+
+def check_console(image: str, mounts: list[str], env: list[str], queue: str, job_id: str, consumer: str) -> None:
+    """`nightshift web --bind 0.0.0.0` in a container of the image (host network: its port is the host's): it
+    refuses to listen beyond loopback without a token; with one, /healthz and the login page answer anyone, the
+    API only the token's bearer, and it shows the consumer's job and queue. It stops on SIGTERM with exit 0."""
+    refused = sh(TOOL, "run", "--rm", "--no-healthcheck", *mounts, *env, image, "nightshift", "web",
+                 "--bind", "0.0.0.0", check=False, timeout=120)
+    assert refused.returncode == 2 and "without a token" in refused.stderr, refused.stderr
+    token = uuid.uuid4().hex
+    port = free_port()
+    name = f"nightshift-ct-web-{uuid.uuid4().hex[:8]}"
+    base = f"http://127.0.0.1:{port}"
+    try:
+        sh(TOOL, "run", "-d", "--name", name, "--no-healthcheck", *mounts, *env, "-e", f"NIGHTSHIFT_WEB_TOKEN={token}",
+           image, "nightshift", "web", "--bind", "0.0.0.0", "--port", str(port))
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                health = http(f"{base}/healthz")
+                break
+            except OSError:  # not listening yet
+                state = podman("inspect", name, "--format", "{{.State.Status}}").stdout.strip()
+                logs = podman("logs", name, check=False)
+                assert state == "running" and time.monotonic() < deadline, \
+                    f"console did not start ({state}):\n{logs.stdout}{logs.stderr}"
+                time.sleep(0.5)
+        assert health[0] == 200 and health[2] == "ok\n", health
+        status, headers, _ = http(f"{base}/")
+        assert status in (302, 303) and headers["Location"].startswith("/login"), (status, headers)
+        status, _, page = http(f"{base}/login")
+        assert status == 200 and "<form" in page and 'name="token"' in page, page[:2000]
+        assert http(f"{base}/api/jobs/{job_id}")[0] == 401
+        assert http(f"{base}/api/jobs/{job_id}", token=uuid.uuid4().hex)[0] == 401
+        status, _, body = http(f"{base}/api/jobs/{job_id}", token=token)
+        assert status == 200 and json.loads(body)["state"] == "succeeded", body[:2000]
+        status, _, body = http(f"{base}/api/overview", token=token)
+        overview = json.loads(body)
+        assert status == 200 and queue in [q["name"] for q in overview["queues"]], body[:2000]
+        assert [w["status"] for w in overview["workers"] if w["queue"] == queue] == ["alive"], overview["workers"]
+        podman("kill", "--signal", "TERM", name)
+        assert podman("wait", name, timeout=30).stdout.strip() == "0", podman("logs", name, check=False).stderr
+    finally:
+        podman("rm", "--force", "--time", "0", name, check=False)
+    assert podman("inspect", consumer, "--format", "{{.State.Status}}").stdout.strip() == "running"
 
 
 def delete_queue_keys(queue: str) -> None:
