@@ -183,6 +183,8 @@ class NightshiftHuey(Huey):
     submit_new: Callable[[Task], None] | None = None
     # The service's queue (NIGHTSHIFT_QUEUE): what names the service's cross-queue keys (flow limits, ticks).
     service: str = ""
+    # The settings it was built with (build_huey): what the hooks, maintenance and tasks run by it go by.
+    settings: config.Settings
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -324,10 +326,10 @@ def check_queue_name(name: object) -> str:
     return name
 
 
-def build_huey(settings: config.Settings | None = None, name: str | None = None) -> NightshiftHuey:
+def build_huey(settings: config.Settings, name: str | None = None) -> NightshiftHuey:
     """The Huey instance of queue `name` (default: the service's queue, NIGHTSHIFT_QUEUE). All of a service's
-    queues share one Redis, codec and signing key; each has its own Redis keys."""
-    settings = settings or config.get()
+    queues share one Redis, codec and signing key; each has its own Redis keys. The instance carries `settings`
+    (`huey.settings`): what runs with it (hooks, recovery, maintenance, tasks) reads them there."""
     huey = NightshiftHuey(
         name or settings.queue,
         results=False,  # results are stored by the lifecycle, only for tasks that ask (store_result=True)
@@ -339,6 +341,7 @@ def build_huey(settings: config.Settings | None = None, name: str | None = None)
         read_timeout=1,
     )
     huey.service = settings.queue
+    huey.settings = settings
     return huey
 
 
@@ -346,27 +349,38 @@ _huey: NightshiftHuey | None = None
 _others: dict[str, NightshiftHuey] = {}
 
 
-def reconfigure(settings: config.Settings) -> NightshiftHuey:
-    """Point the existing instance (tasks are registered on it) at new settings: tests, and embedding apps."""
-    huey = get_huey()
+def configure(settings: config.Settings) -> NightshiftHuey:
+    """Give the process's Huey instance the settings an entry point read (the CLI, the worker; tests and
+    embedding apps too): built with them, or, when task modules already registered on it, pointed at them."""
+    global _huey
+    if _huey is None:
+        _huey = build_huey(settings)
+        return _huey
+    if _huey.settings is settings:
+        return _huey
     fresh = build_huey(settings)
-    huey.name, huey.storage, huey.serializer = fresh.name, fresh.storage, fresh.serializer
-    huey.service = fresh.service
+    _huey.name, _huey.storage, _huey.serializer = fresh.name, fresh.storage, fresh.serializer
+    _huey.service, _huey.settings = fresh.service, settings
     _others.clear()
-    return huey
+    return _huey
 
 
 def get_huey(name: str | None = None) -> NightshiftHuey:
     """The process's Huey instance of queue `name` (default: the service's queue, on which task decorators
-    register). Every queue's instance shares that registry, so any queue can carry any task."""
+    register). Every queue's instance shares that registry and the settings, so any queue can carry any task.
+
+    The Python API's boundary: task modules register on this instance when they are imported, which in a
+    program that only submits (`app.submit`, a direct task call) is before, or without, any entry point. Such a
+    program gets the process's settings from the environment here (config.get), once; every entry point
+    configures the instance first (`configure`)."""
     global _huey
     if _huey is None:
-        _huey = build_huey()
+        _huey = build_huey(config.get())
     if name is None or name == _huey.name:
         return _huey
     huey = _others.get(name)
     if huey is None:
-        huey = build_huey(name=check_queue_name(name))
+        huey = build_huey(_huey.settings, name=check_queue_name(name))
         huey._registry = _huey._registry  # Huey private: one registry for all queues
         _others[name] = huey
     return huey

@@ -229,8 +229,8 @@ def use_nightshift(env: dict) -> None:
     import config
     from app import catalog, queue, schema
     settings = config.reload()
+    queue.configure(settings)
     catalog.load_task_modules(settings.task_modules)
-    queue.reconfigure(settings)
     schema.open_ledger(settings.database_url)
 
 

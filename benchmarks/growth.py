@@ -155,8 +155,8 @@ def use(env: dict) -> None:
     import config
     from app import catalog, queue, schema
     settings = config.reload()
+    queue.configure(settings)
     catalog.load_task_modules(settings.task_modules)
-    queue.reconfigure(settings)
     schema._url = None
     schema.open_ledger(settings.database_url)
 

@@ -86,8 +86,8 @@ class Run:
             del os.environ[key]
         os.environ.update(values)
         settings = config.reload()
+        queue.configure(settings)
         catalog.load_task_modules(settings.task_modules)
-        queue.reconfigure(settings)
         schema.open_ledger(settings.database_url, create=True)
 
     def start_worker(self, values: dict, queues: str) -> subprocess.Popen:

@@ -153,8 +153,8 @@ def apply_settings():
     import config
     from app import catalog, queue, schema
     settings = config.reload()
+    queue.configure(settings)
     catalog.load_task_modules(settings.task_modules)
-    queue.reconfigure(settings)
     schema.open_ledger(settings.database_url)
     return settings
 

@@ -169,7 +169,7 @@ def test_tasks_in_flight_is_a_set_of_tasks_that_shutdown_hands_to_the_interrupte
     from huey import signals
     from huey.api import PeriodicTask
 
-    from app.queue import AttemptTask, build_huey
+    from app.queue import AttemptTask, build_huey, get_huey
     source = inspect.getsource(Huey._execute)
     assert "self._tasks_in_flight.add(task)" in source and "self._tasks_in_flight.discard(task)" in source
     notify = inspect.getsource(Huey.notify_interrupted_tasks)
@@ -177,7 +177,7 @@ def test_tasks_in_flight_is_a_set_of_tasks_that_shutdown_hands_to_the_interrupte
     assert "task_base" in inspect.signature(TaskWrapper.__init__).parameters
     assert "task_base=PeriodicTask" in inspect.getsource(Huey.periodic_task)
     assert "(self.task_base,)" in inspect.getsource(TaskWrapper.create_task)
-    huey = build_huey(name="contract-in-flight")
+    huey = build_huey(get_huey().settings, name="contract-in-flight")
     assert isinstance(huey._tasks_in_flight, set)
     cls = huey.task(name="contract_job")(lambda: None).task_class
     periodic = huey.periodic_task(lambda stamp: False, name="contract_periodic")(lambda: None).task_class
