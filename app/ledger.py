@@ -96,13 +96,13 @@ def _insert_template(rows: int) -> str:
 
 # -- producer side ---------------------------------------------------------------------------------------------
 
-def insert_jobs(rows: list[dict], queue: str | None = None) -> None:
-    """Record new jobs of `queue` (default: NIGHTSHIFT_QUEUE) as queued, in one transaction. Columns a row leaves
-    out take the model's default."""
+def insert_jobs(rows: list[dict], queue: str) -> None:
+    """Record new jobs of `queue` as queued, in one transaction. Columns a row leaves out take the model's
+    default."""
     stamp = now()
     for row in rows:
         row["task"] = storable(row["task"], TASK_LENGTH)
-    defaults = {"state": State.QUEUED, "created_at": stamp, "updated_at": stamp, "queue": queue or config.get().queue}
+    defaults = {"state": State.QUEUED, "created_at": stamp, "updated_at": stamp, "queue": queue}
     for field in JOB_FIELDS:
         if field.default is not None and not callable(field.default):
             defaults.setdefault(field.name, field.default)
@@ -295,16 +295,16 @@ def mark_expired(job_id: str, attempt: int) -> bool:
         Job.id == job_id, Job.attempt == attempt, Job.state.in_(WAITING)).execute())
 
 
-def revive(job_id: str, retries_left: int, queue: str | None = None) -> Job | None:
+def revive(job_id: str, retries_left: int, queue: str) -> Job | None:
     """A dead job back to queued as a new attempt with a fresh set of retries (operator's `retry`), on its own
-    queue; a job from before the ledger recorded queues becomes `queue`'s (default: NIGHTSHIFT_QUEUE).
+    queue; a job from before the ledger recorded queues becomes `queue`'s (the operator's service's).
 
     Dead letters that never were a runnable job (poison messages) stay dead."""
     stamp = now()
     with database.atomic():
         done = Job.update(state=State.QUEUED, attempt=Job.attempt + 1, retries_left=retries_left, lease_losses=0,
                           reason="retried by operator", eta=None, finished_at=None, worker=None, updated_at=stamp,
-                          queue=fn.COALESCE(Job.queue, queue or config.get().queue)).where(
+                          queue=fn.COALESCE(Job.queue, queue)).where(
             Job.id == job_id, Job.state == State.DEAD, Job.raw.is_null()).execute()
         return Job.get_by_id(job_id) if done else None
 
@@ -325,9 +325,9 @@ def preview(raw: bytes) -> str:
     return storable(bytes(raw[:PREVIEW_BYTES]).decode("utf-8", "backslashreplace"))
 
 
-def record_dead_letter(job_id: Any, task: Any, reason: str, raw: bytes, queue: str | None = None) -> str:
+def record_dead_letter(job_id: Any, task: Any, reason: str, raw: bytes, queue: str) -> str:
     """A message that could not become a job (unreadable, unsigned, unknown): kept dead with a preview, on
-    `queue` (default: NIGHTSHIFT_QUEUE). An id that cannot key a row as it is (too long, not text, NUL) is
+    `queue`. An id that cannot key a row as it is (too long, not text, NUL) is
     replaced by a new one, the original kept in the reason. Returns the dead letter's id."""
     stamp = now()
     if not is_storable_id(job_id):
@@ -335,7 +335,7 @@ def record_dead_letter(job_id: Any, task: Any, reason: str, raw: bytes, queue: s
         job_id = str(uuid.uuid4())
     Job.insert(id=job_id, task=storable(task, TASK_LENGTH), kwargs="{}", state=State.DEAD, reason=storable(reason),
                raw=preview(raw), created_at=stamp, updated_at=stamp, finished_at=stamp,
-               queue=queue or config.get().queue).on_conflict_ignore().execute()
+               queue=queue).on_conflict_ignore().execute()
     return job_id
 
 

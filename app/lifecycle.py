@@ -49,7 +49,7 @@ def claim(huey: NightshiftHuey, task: Task) -> bool:
     except catalog.BadArguments as exc:
         reason = f"arguments no longer fit the task: {exc}"
         if not ledger.mark_dead(task.id, reason):
-            ledger.record_dead_letter(task.id, name, reason, b"")
+            ledger.record_dead_letter(task.id, name, reason, b"", huey.service)
         events.emit("dead", task.id, name, logging.ERROR, attempt=attempt, reason=reason)
         return False
     if pausing.is_paused(huey):  # taken off the queue while the pause came: back on it, unclaimed
@@ -74,7 +74,8 @@ def claim(huey: NightshiftHuey, task: Task) -> bool:
         state = ledger.state_of(task.id)
         if state is None:
             reason = "message for a job the ledger does not know"
-            ledger.record_dead_letter(task.id, name, reason, json.dumps({"id": task.id, "task": name}).encode())
+            ledger.record_dead_letter(task.id, name, reason, json.dumps({"id": task.id, "task": name}).encode(),
+                                      huey.service)
             events.emit("dead", task.id, name, logging.ERROR, attempt=attempt, reason=reason)
         else:
             events.emit("skipped", task.id, name, logging.WARNING, attempt=attempt, state=state,

@@ -3,15 +3,8 @@ from __future__ import annotations
 
 import peewee
 
-import config
 from app.db import database
 from app.states import FINISHED, STATES, WAITING  # noqa: F401  (re-exported: the models' vocabulary)
-
-
-
-def current_queue() -> str:
-    """The queue of this process's service (NIGHTSHIFT_QUEUE): whose a row written without one is."""
-    return config.get().queue
 
 
 class BaseModel(peewee.Model):
@@ -47,8 +40,9 @@ class Job(BaseModel):
     progress = peewee.TextField(null=True)             # JSON {"done", "total", "note"}
     raw = peewee.TextField(null=True)                  # size-capped preview of a poison message
     # The queue (NIGHTSHIFT_QUEUE) whose service owns the job: recovery and the per-queue commands act on their
-    # own queue's jobs only. NULL only for rows written before the column existed (see app.schema).
-    queue = peewee.CharField(max_length=200, null=True, default=current_queue)
+    # own queue's jobs only. Every write names it (app.ledger); NULL only for rows written before the column
+    # existed (see app.schema).
+    queue = peewee.CharField(max_length=200, null=True)
 
     class Meta:
         table_name = "nightshift_job"

@@ -90,7 +90,7 @@ while not os.path.exists(stop):
     for step in ("record", "claim", "finish"):
         t = time.perf_counter()
         if step == "record":
-            ledger.insert_jobs([{"id": job_id, "task": "bench_noop", "kwargs": "{}"}])
+            ledger.insert_jobs([{"id": job_id, "task": "bench_noop", "kwargs": "{}"}], config.get().queue)
         elif step == "claim":
             assert ledger.claim(job_id, 1, "probe:1:x", 60)
         else:

@@ -242,7 +242,7 @@ def test_cleanup_never_holds_a_worker_write_long(env, ledger_db, monkeypatch):
             db.database.obj.connect(reuse_if_open=True)  # this thread's own connection
             while not stop.is_set():
                 job_id = str(uuid.uuid4())
-                for step in (lambda: ledger.insert_jobs([{"id": job_id, "task": "noop", "kwargs": "{}"}]),
+                for step in (lambda: ledger.insert_jobs([{"id": job_id, "task": "noop", "kwargs": "{}"}], queue),
                              lambda: ledger.claim(job_id, 1, "w:2:y", 60),
                              lambda: ledger.mark_succeeded(job_id, 1, 0.0, None)):
                     started = time.perf_counter()

@@ -11,6 +11,7 @@ another one's transaction), the first transaction is held open until the second 
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 import uuid
 
@@ -26,9 +27,14 @@ def ledger(env):
     return module
 
 
+def service() -> str:
+    """The test's queue (the env fixture's NIGHTSHIFT_QUEUE): every ledger write names its queue."""
+    return os.environ["NIGHTSHIFT_QUEUE"]
+
+
 def new_job(ledger, task: str = "add", **fields) -> str:
     job_id = str(uuid.uuid4())
-    ledger.insert_jobs([{"id": job_id, "task": task, "kwargs": "{}", **fields}])
+    ledger.insert_jobs([{"id": job_id, "task": task, "kwargs": "{}", **fields}], service())
     return job_id
 
 
@@ -380,13 +386,13 @@ def test_revive_brings_a_dead_job_back_once_as_a_new_attempt(ledger):
     assert ledger.requeue(job_id, 1, "lease-lost", "lease expired", lease_lost=True) == 2
     assert ledger.claim(job_id, 2, "w1", LEASE)
     assert ledger.mark_dead(job_id, "failed on attempt 2", "E: x", "tb", attempt=2, duration=0.1)
-    assert ledger.revive(new_job(ledger), 3) is None  # not dead
-    revived = ledger.revive(job_id, 3)
+    assert ledger.revive(new_job(ledger), 3, service()) is None  # not dead
+    revived = ledger.revive(job_id, 3, service())
     assert revived is not None and revived.id == job_id
     job = row(job_id)
     assert (job.state, job.attempt, job.retries_left, job.lease_losses, job.reason, job.worker, job.finished_at) \
         == ("queued", 3, 3, 0, "retried by operator", None, None)
-    assert ledger.revive(job_id, 3) is None  # already queued again
+    assert ledger.revive(job_id, 3, service()) is None  # already queued again
     assert ledger.claim(job_id, 2, "stale", LEASE) is False
     assert ledger.claim(job_id, 3, "w2", LEASE) is True
     assert ledger.mark_succeeded(job_id, 3, 0.1, None)
@@ -396,16 +402,16 @@ def test_revive_brings_a_dead_job_back_once_as_a_new_attempt(ledger):
 def test_racing_revives_queue_a_dead_job_once(ledger):
     job_id = running(ledger)
     assert ledger.mark_dead(job_id, "failed", attempt=1)
-    results = race(*[lambda: ledger.revive(job_id, 2) for _ in range(3)])
+    results = race(*[lambda: ledger.revive(job_id, 2, service()) for _ in range(3)])
     assert sum(r is not None for r in results) == 1, results
     assert (row(job_id).state, row(job_id).attempt) == ("queued", 2)
 
 
 def test_a_poison_message_dead_letter_is_never_revived_and_discard_takes_only_dead_jobs(ledger):
-    letter = ledger.record_dead_letter("poison-1", "no_such_task", "unknown task", b"\x00garbage")
+    letter = ledger.record_dead_letter("poison-1", "no_such_task", "unknown task", b"\x00garbage", service())
     assert letter == "poison-1" and row(letter).raw == "\\x00garbage"
-    assert ledger.revive(letter, 3) is None and row(letter).state == "dead"
-    replaced = ledger.record_dead_letter("x" * 40, "t", "too long", b"...")
+    assert ledger.revive(letter, 3, service()) is None and row(letter).state == "dead"
+    replaced = ledger.record_dead_letter("x" * 40, "t", "too long", b"...", service())
     assert replaced != "x" * 40 and "replaced" in row(replaced).reason
     waiting = new_job(ledger)
     assert sorted(ledger.discard([letter, replaced, waiting])) == sorted([letter, replaced])
@@ -417,7 +423,7 @@ def test_a_poison_message_dead_letter_is_never_revived_and_discard_takes_only_de
 def test_a_refused_message_flags_its_waiting_job_and_recovery_folds_it_once(ledger, env):
     queue = env["NIGHTSHIFT_QUEUE"]
     job_id = new_job(ledger)
-    letter = ledger.record_dead_letter(str(uuid.uuid4()), "add", "signature does not match", b"forged")
+    letter = ledger.record_dead_letter(str(uuid.uuid4()), "add", "signature does not match", b"forged", service())
     assert ledger.flag_refused(job_id, queue + "-other", letter, "bad signature") is False  # another queue's
     assert ledger.flag_refused(job_id, queue, letter, "bad signature") is True
     flag = row(job_id).reason
@@ -436,7 +442,7 @@ def test_an_authentic_message_of_an_unknown_task_kills_only_a_waiting_job(ledger
     job_id, busy = new_job(ledger), running(ledger)
     assert ledger.mark_refused(job_id, queue, "unknown task 'add'", b'{"id": "..."}') is True
     assert row(job_id).state == "dead" and row(job_id).raw is None  # a job, so an operator can retry it
-    assert ledger.revive(job_id, 1) is not None
+    assert ledger.revive(job_id, 1, service()) is not None
     assert ledger.mark_refused(busy, queue, "unknown task 'add'", b"{}") is False
     assert ledger.mark_refused("x" * 40, queue, "unknown", b"{}") is False
 

@@ -38,7 +38,7 @@ def test_a_message_signed_with_another_key_never_runs(env, start_worker, monkeyp
     # A producer whose NIGHTSHIFT_SIGNING_KEY differs: the job is in the ledger, its message signed wrongly.
     task = producer.build_task("record_effect", {"directory": str(tmp_path)})
     task.attempt = 1
-    ledger.insert_jobs([producer._row(task, None)])
+    ledger.insert_jobs([producer._row(task, None)], env["NIGHTSHIFT_QUEUE"])
     huey = get_huey()
     data = JSONCodec("a-different-key").serialize(huey._registry.create_message(task))
     huey.storage.conn.zadd(huey.storage.queue_key, {b"\0" * 8 + data: 0})

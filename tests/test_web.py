@@ -206,7 +206,7 @@ def test_job_list_pages_by_key_through_ties_and_filters(env, client, monkeypatch
     from app.web import queries
     # 130 jobs with the same created_at (as a bulk submit writes them): paging must still see each one once.
     rows = [{"id": str(uuid.uuid4()), "task": "add", "kwargs": json.dumps({"a": i})} for i in range(130)]
-    ledger.insert_jobs(rows)
+    ledger.insert_jobs(rows, env["NIGHTSHIFT_QUEUE"])
     seen, before = [], None
     while True:
         answer = client.get("/api/jobs?limit=50" + (f"&before={urllib.parse.quote(before)}" if before else "")).json()

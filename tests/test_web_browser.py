@@ -76,7 +76,8 @@ def seed_history(hours: int = 12) -> None:
         for n in range(6 + (hour * 7) % 11):
             rows.append({"id": str(uuid.uuid4()), "task": ("checksum_file", "deliver_webhook", "add")[n % 3],
                          "kwargs": json.dumps({"path": f"in/{hour}-{n}.csv"}), "hour": hour, "n": n})
-    ledger.insert_jobs([{k: v for k, v in row.items() if k not in ("hour", "n")} for row in rows])
+    ledger.insert_jobs([{k: v for k, v in row.items() if k not in ("hour", "n")} for row in rows],
+                       os.environ["NIGHTSHIFT_QUEUE"])
     for row in rows:
         finished = now - datetime.timedelta(hours=row["hour"], minutes=row["n"] * 3)
         dead = (row["n"] + row["hour"]) % 9 == 0
