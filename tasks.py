@@ -11,9 +11,9 @@ from typing import Any
 
 from huey.exceptions import TaskTimeout
 
-import config
 from app import submit_many, task
-from app.task_tools import allowed, email_rate_limiter, first_errors, ledger_database, outcome, progress
+from app.task_tools import (allowed, email_rate_limiter, first_errors, ledger_database, outcome, progress,
+                            worker_settings)
 from helpers import checksums, primes
 
 
@@ -48,7 +48,7 @@ def send_email_batch(recipients: str, subject: str, body: str, html: str | None 
     batch = batch_id or task.id
     jobs = [{"batch_id": batch, "to": m["to"], "subject": m["subject"], "body": m["body"], "html": m["html"],
              "sender": sender} for m in plan["messages"]]
-    rate = config.get().email_rate
+    rate = worker_settings().email_rate
     per_second = max(1, math.floor(rate)) if rate else max(1, len(jobs))
     for number, start in enumerate(range(0, len(jobs), per_second)):
         delay = number * per_second / rate if rate else 0
@@ -62,7 +62,7 @@ def send_email(batch_id: str, to: str, subject: str, body: str, html: str | None
                sender: str | None = None, task=None) -> dict:
     """Send one e-mail of batch BATCH_ID over NIGHTSHIFT_SMTP_URL, unless this batch already sent it to TO."""
     from helpers import mail
-    settings = config.get()
+    settings = worker_settings()
     return outcome(task, lambda: mail.send_email(
         ledger_database(), settings.smtp_url, batch_id, to, subject, body, sender or settings.email_from, html,
         throttle=email_rate_limiter().wait))
@@ -76,7 +76,7 @@ def deliver_webhook(url: str, payload: Any, event: str | None = None, headers: d
 
     Timeouts, connection errors, 429 and 5xx are retried with backoff (honouring Retry-After); other 4xx are final."""
     from helpers import webhooks
-    settings = config.get()
+    settings = worker_settings()
     return outcome(task, lambda: webhooks.deliver_webhook(
         url, payload, task.id, settings.webhook_secret, timeout=settings.webhook_timeout,
         allow_private=settings.webhook_allow_private, headers=headers, event=event,
@@ -106,7 +106,7 @@ def pull_pages(url: str, name: str | None = None, records_key: str = "records", 
     Runs at NIGHTSHIFT_PULL_RATE requests per second; a finished pull does nothing unless RESTART. HEADERS go only
     to URL's origin: a next page elsewhere fails the job, or is fetched without them with FOLLOW_OTHER_ORIGINS."""
     from helpers import api_pull
-    settings = config.get()
+    settings = worker_settings()
     return outcome(task, lambda: api_pull.pull_pages(
         ledger_database(), url, name=name, id_key=id_key, records_key=records_key, next_key=next_key,
         cursor_param=cursor_param, rate=settings.pull_rate or None, max_pages=max_pages, restart=restart,

@@ -81,9 +81,10 @@ def periodic_task(validate_datetime: Callable, tz: str | None = None,
     options.setdefault("store_result", False)
     if tz is not None:
         schedule.zone(tz)  # an unknown zone fails at import, not at the first tick
-    validate_datetime = schedule.Zoned(validate_datetime, tz)
+    huey = get_huey()
+    validate_datetime = schedule.Zoned(validate_datetime, tz, huey)
     options["queue"] = _route(options)
-    register = _registering(get_huey().periodic_task(validate_datetime, **options))
+    register = _registering(huey.periodic_task(validate_datetime, **options))
 
     def keep_schedule(func: Callable) -> TaskWrapper:
         wrapper = register(func)
@@ -93,13 +94,13 @@ def periodic_task(validate_datetime: Callable, tz: str | None = None,
 
 
 def load_task_modules(modules: tuple[str, ...] | None = None) -> None:
-    """Import the modules named by NIGHTSHIFT_TASK_MODULES so their tasks register (after Nightshift's own
-    built-in periodic tasks: cleanup and backlog watch)."""
+    """Import the task modules (`modules`, else the NIGHTSHIFT_TASK_MODULES of the Huey instance they register
+    on) so their tasks register (after Nightshift's own built-in periodic tasks: cleanup and backlog watch)."""
     global _loaded
     if _loaded and modules is None:
         return
     importlib.import_module("app.builtin_tasks")
-    for name in modules or config.get().task_modules:
+    for name in modules or get_huey().settings.task_modules:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:

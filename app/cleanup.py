@@ -399,12 +399,11 @@ def queues_to_clean(settings: config.Settings, queues: list[str] | None = None) 
     return names
 
 
-def run(dry_run: bool = False, now: datetime.datetime | None = None, queues: list[str] | None = None,
-        settings: config.Settings | None = None) -> Report:
-    """One cleanup pass of every queue the service knows, or of `queues` only: the ledger first (so results of jobs
-    it removes become orphans), then Redis."""
+def run(settings: config.Settings, dry_run: bool = False, now: datetime.datetime | None = None,
+        queues: list[str] | None = None) -> Report:
+    """One cleanup pass of every queue the service (`settings`) knows, or of `queues` only: the ledger first (so
+    results of jobs it removes become orphans), then Redis."""
     started = time.monotonic()
-    settings = settings or config.get()
     now = now or ledger.now()
     names = queues_to_clean(settings, queues)
     report = Report(dry_run=dry_run, queues=names, every_queue=queues is None)

@@ -32,9 +32,9 @@ _outage = db.Outage("worker")
 
 # -- before a job runs -------------------------------------------------------------------------------------------
 
-def lease_of(task_class: type) -> float:
+def lease_of(task_class: type, settings: config.Settings) -> float:
     """The task's own lease (`@task(lease=SECONDS)`) or NIGHTSHIFT_LEASE_SECONDS."""
-    return float(getattr(task_class, "lease", None) or config.get().lease_seconds)
+    return float(getattr(task_class, "lease", None) or settings.lease_seconds)
 
 
 def claim(huey: NightshiftHuey, task: Task) -> bool:
@@ -55,7 +55,7 @@ def claim(huey: NightshiftHuey, task: Task) -> bool:
     if pausing.is_paused(huey):  # taken off the queue while the pause came: back on it, unclaimed
         flow.put_back(huey, task, 0)
         return False
-    lease = lease_of(type(task))
+    lease = lease_of(type(task), huey.settings)
     admission = flow.admit(huey, task, lease)
     if admission.wait:
         flow.put_back(huey, task, admission.wait)
@@ -149,9 +149,9 @@ def _finished(huey: NightshiftHuey, task_id: str, attempt: int, exc: BaseExcepti
             log.warning("could not release the concurrency slot of %s: %s", task_id, exc)
 
 
-def _ended_late(task_id: str, name: str, attempt: int, entry: identity.Running | None, duration: float) -> None:
-    """The attempt ended after recovery took its lease: its worker was alive all along. Say so in the ledger."""
-    lease = entry.lease if entry else config.get().lease_seconds
+def _ended_late(task_id: str, name: str, attempt: int, lease: float, duration: float) -> None:
+    """The attempt ended after recovery took its lease (of `lease` seconds): its worker was alive all along. Say
+    so in the ledger."""
     note = (f"lease lost while its worker was alive: the attempt ran {duration:.1f} s and did not renew its "
             f"{lease:g} s lease in time (a task that holds the GIL or blocks its worker cannot renew it; give "
             f"the task a longer lease: @task(lease=SECONDS))")
@@ -178,7 +178,8 @@ def _record_outcome(huey: NightshiftHuey, task: Task, attempt: int, value: Any, 
         events.emit("canceled", task.id, name, logging.WARNING, attempt=attempt, duration=round(duration, 6),
                     reason="stopped by an operator's cancel while running", worker=worker)
         return
-    ended = _EndedAttempt(task.id, name, attempt, entry, duration)
+    lease = entry.lease if entry else huey.settings.lease_seconds
+    ended = _EndedAttempt(task.id, name, attempt, lease, duration)
     if exc is None:
         if getattr(task, "store_result", False) and value is not None:
             try:
@@ -224,7 +225,7 @@ class _EndedAttempt:
     job_id: str
     task: str
     attempt: int
-    entry: identity.Running | None
+    lease: float  # seconds: its running entry's, else NIGHTSHIFT_LEASE_SECONDS
     duration: float
 
     def record(self, outcome: str, write: Callable[[], bool], announce: Callable[[], None]) -> None:
@@ -242,7 +243,7 @@ class _EndedAttempt:
         if done:
             announce()
         else:
-            _until_recorded(lambda: _ended_late(self.job_id, self.task, self.attempt, self.entry, self.duration))
+            _until_recorded(lambda: _ended_late(self.job_id, self.task, self.attempt, self.lease, self.duration))
 
     def unrecordable(self, outcome: str, exc: BaseException) -> None:
         message = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())

@@ -19,7 +19,6 @@ import time
 
 from huey.api import Task
 
-import config
 from app import catalog, clock, events, keys, ledger, producer
 from app.producer import task_from_row
 from app.db import database
@@ -102,7 +101,7 @@ def hold_leases(huey: NightshiftHuey, seconds: float | None = None) -> None:
     """After the ledger was unwritable, no worker could renew its leases: tell every consumer's recovery to leave
     leases alone for a lease period (a key in the shared Redis), so a job that finished during the outage and
     records it now is not taken for lost and run again."""
-    seconds = seconds or config.get().lease_seconds * 1.5
+    seconds = seconds or huey.settings.lease_seconds * 1.5
     huey.storage.conn.set(keys.leases_held(huey.name), "1", px=int(seconds * 1000))
 
 
@@ -111,7 +110,7 @@ def leases_held(huey: NightshiftHuey) -> bool:
 
 
 def recover_expired_leases(huey: NightshiftHuey, report: Report, now: datetime.datetime) -> None:
-    settings = config.get()
+    settings = huey.settings
     if leases_held(huey):
         return
     began = time.monotonic()
@@ -154,7 +153,7 @@ def recover_lost_messages(huey: NightshiftHuey, report: Report, now: datetime.da
     ledger until that worker's claim lands: jobs that look lost are looked up again CONFIRM_SECONDS later, and
     only those still waiting at the same attempt are sent again. (A job whose state changed since the cutoff is
     not considered at all: updated_at is newer.)"""
-    cutoff = now - datetime.timedelta(seconds=config.get().recovery_grace)
+    cutoff = now - datetime.timedelta(seconds=huey.settings.recovery_grace)
     present = message_ids(huey)
     report.queued_in_redis = len(present)
     missing = [(job_id, attempt) for job_id, attempt in

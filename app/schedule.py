@@ -7,7 +7,7 @@ from __future__ import annotations
 import calendar
 import datetime
 import zoneinfo
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Protocol
 
 from huey import crontab as huey_crontab
 
@@ -131,10 +131,10 @@ def tick_start(epoch: float, tick: int) -> int:
     return int(epoch // tick * tick)
 
 
-def next_run(task_class: type, after: datetime.datetime | None = None, tick: int | None = None,
+def next_run(task_class: type, tick: int, after: datetime.datetime | None = None,
              horizon_days: int = 366 * 4 + 1) -> datetime.datetime | None:
-    """The start of the next tick (naive UTC) at which the scheduler will enqueue this task."""
-    tick = tick or config.get().tick_seconds
+    """The start of the next tick (naive UTC, ticks of `tick` seconds: NIGHTSHIFT_TICK_SECONDS) at which the
+    scheduler will enqueue this task."""
     after = after or datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
     epoch = calendar.timegm(after.timetuple()) + after.microsecond / 1e6
     first = datetime.datetime.fromtimestamp(tick_start(epoch, tick) + tick, datetime.UTC).replace(tzinfo=None)
@@ -175,9 +175,9 @@ def _walls(spec: str, start: datetime.datetime, horizon_days: int) -> Iterator[d
 
 # -- schedules in a time zone ---------------------------------------------------------------------------------------
 
-def zone(name: str | None = None) -> zoneinfo.ZoneInfo:
-    """A time zone by name; None: NIGHTSHIFT_TIMEZONE."""
-    return zoneinfo.ZoneInfo(name or config.get().timezone)
+def zone(name: str) -> zoneinfo.ZoneInfo:
+    """A time zone by name."""
+    return zoneinfo.ZoneInfo(name)
 
 
 def _local(utc: datetime.datetime, tz: zoneinfo.ZoneInfo) -> datetime.datetime:
@@ -193,27 +193,35 @@ def exists(wall: datetime.datetime, tz: zoneinfo.ZoneInfo) -> bool:
     return _local(_utc(wall, tz), tz).replace(tzinfo=None) == wall
 
 
+class HasSettings(Protocol):
+    """What a schedule reads NIGHTSHIFT_TIMEZONE and NIGHTSHIFT_TICK_SECONDS from: the Huey instance its task is
+    registered on (app.queue.build_huey)."""
+    settings: config.Settings
+
+
 class Zoned:
     """A periodic task's schedule read on a time zone's wall clock, with cron's rules across daylight-saving
     changes, so a daily job runs exactly once on the day the clocks change:
     - a run whose wall time is skipped when the clocks go forward runs at the first tick after the change;
     - a run whose wall time comes twice when the clocks go back runs on the first pass only, unless its schedule
       runs every hour (then on both passes, as every hour of that day is a real hour).
-    Called by the scheduler with each tick's start (naive UTC), like any validate function."""
+    Called by the scheduler with each tick's start (naive UTC), like any validate function: the tick length and
+    the default time zone are the settings of `owner` (the task's Huey instance), read when it is judged."""
 
-    def __init__(self, validate: Callable[[datetime.datetime], bool], tz: str | None) -> None:
+    def __init__(self, validate: Callable[[datetime.datetime], bool], tz: str | None, owner: HasSettings) -> None:
         self.validate = validate
         self.tz = tz  # None: NIGHTSHIFT_TIMEZONE, read when the schedule is judged
+        self.owner = owner
         self.cron = getattr(validate, "cron", None)
         self.words = getattr(validate, "words", None)
         self.fixed_hours = bool(self.cron) and len(allowed(self.cron)[1]) < 24
 
     @property
     def zone_name(self) -> str:
-        return self.tz or config.get().timezone
+        return self.tz or self.owner.settings.timezone
 
     def __call__(self, utc_tick: datetime.datetime) -> bool:
-        tz, tick = zone(self.tz), datetime.timedelta(seconds=config.get().tick_seconds)
+        tz, tick = zone(self.zone_name), datetime.timedelta(seconds=self.owner.settings.tick_seconds)
         local = _local(utc_tick, tz)
         wall = local.replace(tzinfo=None)
         if local.fold and self.fixed_hours:
@@ -232,7 +240,7 @@ class Zoned:
 
     def next_run(self, first: datetime.datetime, tick: int, horizon_days: int) -> datetime.datetime | None:
         """The first tick from `first` (naive UTC) at which this schedule runs."""
-        tz = zone(self.tz)
+        tz = zone(self.zone_name)
         step = datetime.timedelta(seconds=tick)
         runs = []
         start = _local(first, tz).replace(tzinfo=None, second=0, microsecond=0) - datetime.timedelta(hours=3)

@@ -1,5 +1,6 @@
 """What task functions share: helper errors mapped onto Huey's retries, files confined to NIGHTSHIFT_FILES_ROOT,
-progress reports, the ledger's database for helpers that keep data there, per-process rate limiters.
+progress reports, the ledger's database for helpers that keep data there, per-process rate limiters, and the
+settings the worker started with (`worker_settings`).
 
 Helpers raise PermanentError (the job ends, not retried) or TemporaryError (retried with backoff and jitter,
 honouring a server's Retry-After, while the job has retries left); `outcome` maps them onto Huey's retry machinery.
@@ -15,6 +16,7 @@ from huey.exceptions import CancelExecution, RetryTask
 import config
 from app.db import database
 from app.ledger import record_progress
+from app.queue import get_huey
 from helpers import paths
 from helpers.backoff import backoff_delay
 from helpers.errors import PermanentError, TemporaryError
@@ -38,9 +40,15 @@ def outcome(task: Any, call: Callable[[], Any], cap: float = 3600.0) -> Any:
         raise RetryTask(f"{type(exc).__name__}: {exc}", delay=delay) from exc
 
 
+def worker_settings() -> config.Settings:
+    """The settings the worker started with: those its entry point gave the Huey instance tasks run on. (Keep
+    them in a variable named `settings`: Sentry's scrubber drops a variable by that name, see app.monitoring.)"""
+    return get_huey().settings
+
+
 def allowed(path: Any, what: str = "path") -> str:
     """PATH resolved inside NIGHTSHIFT_FILES_ROOT, or a PermanentError: every file task reads and writes only there."""
-    return str(paths.confine(path, config.get().files_root, what))
+    return str(paths.confine(path, worker_settings().files_root, what))
 
 
 def first_errors(errors: list) -> list:
@@ -61,7 +69,7 @@ def email_rate_limiter() -> RateLimiter:
     global _email_limiter
     with _email_limiter_lock:
         if _email_limiter is None:
-            _email_limiter = RateLimiter(config.get().email_rate or None)
+            _email_limiter = RateLimiter(worker_settings().email_rate or None)
         return _email_limiter
 
 

@@ -274,7 +274,7 @@ def cleanup_under_probe(env: dict, work: Path, label: str) -> dict:
         log(f"{label}: cleanup (a probe writes as a worker meanwhile)")
         before = Job.select().count()
         started = time.perf_counter()
-        report = cleanup.run()
+        report = cleanup.run(__import__("config").get())
         seconds = time.perf_counter() - started
         time.sleep(0.3)
     finally:

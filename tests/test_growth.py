@@ -259,7 +259,7 @@ def test_cleanup_never_holds_a_worker_write_long(env, ledger_db, monkeypatch):
     try:
         time.sleep(0.5)
         quiet = max(waits)  # what a write takes on this machine now, without cleanup
-        report = cleanup.run()
+        report = cleanup.run(__import__("config").get())
     finally:
         stop.set()
         thread.join(30)

@@ -5,6 +5,7 @@ the days around each change, as the scheduler would, and count the runs."""
 from __future__ import annotations
 
 import datetime
+import types
 
 import pytest
 
@@ -25,6 +26,11 @@ def one_minute_ticks(monkeypatch):
     config.reload()
 
 
+def zoned(validate, tz: str):
+    """A schedule as catalog.periodic_task makes it, judged by this test's settings (one-minute ticks)."""
+    return schedule.Zoned(validate, tz, types.SimpleNamespace(settings=config.get()))
+
+
 def runs(validate, start: datetime.datetime, hours: int) -> list[datetime.datetime]:
     """Every tick start (naive UTC) in `hours` from `start` at which `validate` says run."""
     ticks = (start + datetime.timedelta(seconds=TICK * i) for i in range(hours * 3600 // TICK))
@@ -41,17 +47,17 @@ def local(utc: datetime.datetime, tz: str) -> str:
 ])
 def test_a_daily_job_in_the_changing_hour_runs_once_on_each_change_day(tz, spring, autumn, repeated_hour, summer):
     # Spring: 02:30 does not exist; the job runs once, at the first tick after the clocks went forward.
-    found = runs(schedule.Zoned(crontab(hour=2, minute=30), tz), spring - datetime.timedelta(days=1), 72)
+    found = runs(zoned(crontab(hour=2, minute=30), tz), spring - datetime.timedelta(days=1), 72)
     assert len(found) == 3, [local(run, tz) for run in found]
     assert local(found[1], tz) == f"{spring:%Y-%m-%d} 03:00 {summer}", [local(run, tz) for run in found]
     # Autumn: the hour that comes twice; the job runs on the first pass only.
-    found = runs(schedule.Zoned(crontab(hour=repeated_hour, minute=30), tz), autumn - datetime.timedelta(days=1), 72)
+    found = runs(zoned(crontab(hour=repeated_hour, minute=30), tz), autumn - datetime.timedelta(days=1), 72)
     assert len(found) == 3, [local(run, tz) for run in found]
     assert local(found[1], tz) == f"{autumn:%Y-%m-%d} 0{repeated_hour}:30 {summer}", [local(run, tz) for run in found]
 
 
 def test_an_hourly_job_runs_every_real_hour_of_a_23_and_a_25_hour_day():
-    hourly = schedule.Zoned(crontab(minute=0), "Europe/Berlin")
+    hourly = zoned(crontab(minute=0), "Europe/Berlin")
     spring_day = datetime.datetime(2026, 3, 28, 23)  # Berlin midnight in UTC
     autumn_day = datetime.datetime(2026, 10, 24, 22)
     assert len(runs(hourly, spring_day, 23)) == 23
@@ -59,7 +65,7 @@ def test_an_hourly_job_runs_every_real_hour_of_a_23_and_a_25_hour_day():
 
 
 def test_a_daily_job_runs_at_its_wall_time_all_year():
-    daily = schedule.Zoned(crontab(hour=9, minute=0), "Europe/Berlin")
+    daily = zoned(crontab(hour=9, minute=0), "Europe/Berlin")
     found = runs(daily, datetime.datetime(2026, 1, 1), 24 * 365)
     assert len(found) == 365
     assert {local(run, "Europe/Berlin")[11:16] for run in found} == {"09:00"}
@@ -67,7 +73,7 @@ def test_a_daily_job_runs_at_its_wall_time_all_year():
 
 def test_next_run_follows_the_zone_across_the_spring_change():
     class Task:
-        periodic_schedule = schedule.Zoned(crontab(hour=2, minute=30), "Europe/Berlin")
+        periodic_schedule = zoned(crontab(hour=2, minute=30), "Europe/Berlin")
     after = datetime.datetime(2026, 3, 28, 12)
     assert schedule.next_run(Task, after=after, tick=TICK) == datetime.datetime(2026, 3, 29, 1, 0)  # 03:00 CEST
     after = datetime.datetime(2026, 3, 29, 2)
