@@ -54,9 +54,10 @@ def _as_datetime(value: Any) -> datetime.datetime | None:
 
 
 def measure(huey: NightshiftHuey | None = None, now: datetime.datetime | None = None) -> Snapshot:
-    """The backlog now: plain read queries on the ledger, and the Redis queue's length."""
-    settings = config.get()
+    """The backlog now: plain read queries on the ledger, and the Redis queue's length (of `huey`, default the
+    process's; the window is its settings' NIGHTSHIFT_ALERT_WINDOW)."""
     huey = huey or get_huey()
+    settings = huey.settings
     now = now or ledger.now()
     since = now - datetime.timedelta(seconds=settings.alert_window)
     due = Job.state.in_(WAITING) & (Job.eta.is_null() | (Job.eta <= now))
@@ -81,16 +82,15 @@ def measure(huey: NightshiftHuey | None = None, now: datetime.datetime | None = 
                     dead_letters=dead, window=settings.alert_window)
 
 
-def thresholds(settings: config.Settings | None = None) -> dict[str, tuple[str, float]]:
+def thresholds(settings: config.Settings) -> dict[str, tuple[str, float]]:
     """alert name -> (snapshot field, threshold); a threshold of 0 turns the alert off."""
-    s = settings or config.get()
-    return {"queue_depth": ("queued", s.alert_queue_depth), "oldest_age": ("oldest_age", s.alert_oldest_age),
-            "failure_rate": ("failure_rate", s.alert_failure_rate),
-            "dead_letters": ("dead_letters", s.alert_dead_letters)}
+    return {"queue_depth": ("queued", settings.alert_queue_depth),
+            "oldest_age": ("oldest_age", settings.alert_oldest_age),
+            "failure_rate": ("failure_rate", settings.alert_failure_rate),
+            "dead_letters": ("dead_letters", settings.alert_dead_letters)}
 
 
-def _report(message: str, fields: dict) -> None:
-    settings = config.get()
+def _report(message: str, fields: dict, settings: config.Settings) -> None:
     log.warning(message, extra={"alert": fields})
     if settings.sentry_dsn:
         import sentry_sdk  # lazily: sentry-sdk costs memory and is set up by the worker only when configured
@@ -107,7 +107,7 @@ def check(huey: NightshiftHuey | None = None) -> dict:
     snap = measure(huey)
     conn = huey.storage.conn
     opened, cleared, active = [], [], []
-    for name, (field, limit) in thresholds().items():
+    for name, (field, limit) in thresholds(huey.settings).items():
         value = getattr(snap, field)
         key = keys.alert(huey.name, name)
         if limit and value is not None and value > limit:
@@ -116,7 +116,7 @@ def check(huey: NightshiftHuey | None = None) -> dict:
                       "since": ledger.now().isoformat(), **snap.as_dict()}
             if leader.take(conn, key, json.dumps(fields, default=str), None):
                 opened.append(name)
-                _report(f"backlog alert {name} on queue {huey.name}: {value} > {limit}", fields)
+                _report(f"backlog alert {name} on queue {huey.name}: {value} > {limit}", fields, huey.settings)
         elif conn.delete(key):
             cleared.append(name)
             log.info("backlog alert %s on queue %s cleared: %s (threshold %s)", name, huey.name, value, limit,
@@ -128,7 +128,7 @@ def incidents(huey: NightshiftHuey | None = None) -> dict[str, dict]:
     """Open incidents by alert name, with the values that opened them."""
     huey = huey or get_huey()
     out = {}
-    for name in thresholds():
+    for name in thresholds(huey.settings):
         raw = huey.storage.conn.get(keys.alert(huey.name, name))
         if raw is not None:
             out[name] = json.loads(raw)

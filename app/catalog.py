@@ -12,7 +12,6 @@ from typing import Any, Callable
 
 from huey.api import PeriodicTask, TaskWrapper
 
-import config
 from app import flow, schedule
 from app.queue import check_queue_name, get_huey
 from helpers.masking import quoted
@@ -51,10 +50,10 @@ def _route(options: dict) -> str | None:
     return queue
 
 
-def queue_of(task_class: type, queue: str | None = None) -> str:
+def queue_of(task_class: type, service: str, queue: str | None = None) -> str:
     """Where a job of `task_class` goes: `queue` when the submitter chose one, else the task's declared queue,
-    else the service's (NIGHTSHIFT_QUEUE)."""
-    return queue or getattr(task_class, "queue", None) or config.get().queue
+    else the service's (`service`: NIGHTSHIFT_QUEUE)."""
+    return queue or getattr(task_class, "queue", None) or service
 
 
 def task(**options: Any) -> Callable[[Callable], TaskWrapper]:
@@ -188,8 +187,9 @@ def describe_parameter(p: inspect.Parameter) -> str:
     return text
 
 
-def describe(task_class: type) -> dict:
-    """A task's catalog entry: name, parameters, first docstring line and Huey options."""
+def describe(task_class: type, service: str) -> dict:
+    """A task's catalog entry: name, parameters, first docstring line, Huey options and its queue (`service`,
+    NIGHTSHIFT_QUEUE, unless it declares its own)."""
     sig = signature_of(task_class)
     doc = (task_class.func.__doc__ or "").strip().splitlines()
     return {
@@ -203,7 +203,7 @@ def describe(task_class: type) -> dict:
         "priority": task_class.default_priority,
         "periodic": issubclass(task_class, PeriodicTask),
         "store_result": bool(getattr(task_class, "store_result", False)),
-        "queue": queue_of(task_class),
+        "queue": queue_of(task_class, service),
     }
 
 

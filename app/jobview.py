@@ -1,18 +1,18 @@
 """A job as it is shown to people and programs: `nightshift show/list/dead --json`, the console and its API.
 
 Arguments, errors, tracebacks, reasons and raw message previews go through helpers.masking with the literal values
-of the secret settings, the same rules as the logs, so no view of a job shows a secret the logs would hide.
+of the secret settings (`secrets`: helpers.masking.secret_values of the caller's settings), the same rules as the
+logs, so no view of a job shows a secret the logs would hide.
 """
 from __future__ import annotations
 
 import datetime
 import json
 
-import config
 from app import ledger
 from app.models import Job
 from app.states import State
-from helpers.masking import mask, secret_values
+from helpers.masking import mask
 
 
 def iso(value: datetime.datetime | None) -> str | None:
@@ -29,9 +29,9 @@ def _json(text: str | None, default: object = None) -> object:
         return text
 
 
-def job_dict(job: Job, with_attempts: bool = False) -> dict:
-    """A job with its arguments, result, errors, traceback and raw message masked; with its attempts' history
-    (the running attempt last, without an end) when asked."""
+def job_dict(job: Job, secrets: list[str], with_attempts: bool = False) -> dict:
+    """A job with its arguments, result, errors, traceback and raw message masked (and the literal `secrets`);
+    with its attempts' history (the running attempt last, without an end) when asked."""
     data = {
         "id": job.id, "task": job.task, "queue": job.queue, "state": job.state, "attempt": job.attempt,
         "args": _json(job.kwargs, {}), "priority": job.priority, "retries_left": job.retries_left,
@@ -49,7 +49,7 @@ def job_dict(job: Job, with_attempts: bool = False) -> dict:
         if job.state == State.RUNNING:  # the attempt under way gets its history row when it ends
             data["attempts"].append({"number": job.attempt, "worker": job.worker, "started_at": iso(job.started_at),
                                      "finished_at": None, "duration": None, "outcome": None, "error": None})
-    return mask(data, secret_values(config.get()))
+    return mask(data, secrets)
 
 
 def last_failed_attempt(error: str | None, attempts: list[dict]) -> int | None:

@@ -40,9 +40,9 @@ def histogram_buckets(durations: list[float], bounds: tuple[float, ...] = BUCKET
 class NightshiftCollector:
     """Collects a fresh snapshot on every scrape; a failing source shows as nightshift_up{component} 0."""
 
-    def __init__(self, settings: config.Settings | None = None, window: float = status.WINDOW_SECONDS,
+    def __init__(self, settings: config.Settings, window: float = status.WINDOW_SECONDS,
                  queues: list[str | None] | None = None) -> None:
-        self.settings = settings or config.get()
+        self.settings = settings
         self.window = window
         self.queues = queues  # None: every queue (status.every_queue), found again at each scrape
 
@@ -58,7 +58,7 @@ class NightshiftCollector:
                 names = self.queues if self.queues is not None else status.every_queue(self.settings)
                 counts = {name: status.queue_counts(stamp, name) for name in names}
                 rates = status.throughput_by_queue(stamp, names)
-                finished_jobs = status.finished_by_queue(stamp, self.window, names)
+                finished_jobs = status.finished_by_queue(stamp, self.window, queues=names)
                 durations = status.durations_by_queue(stamp, self.window, queues=names)
                 workers = {name: status.workers(stamp, name, self.settings) for name in names if name is not None}
         except Exception as exc:  # noqa: BLE001 - a scrape reports the outage instead of failing
@@ -170,7 +170,7 @@ def _single(family: Any, labels: list[str], value: float) -> Any:
     return family
 
 
-def registry(settings: config.Settings | None = None):
+def registry(settings: config.Settings):
     """A registry with only Nightshift's collector (plus nothing of this exporter process itself)."""
     from prometheus_client import CollectorRegistry
     reg = CollectorRegistry(auto_describe=False)
@@ -178,7 +178,7 @@ def registry(settings: config.Settings | None = None):
     return reg
 
 
-def serve(port: int, host: str = "127.0.0.1", settings: config.Settings | None = None):
+def serve(port: int, host: str, settings: config.Settings):
     """Serve /metrics on host:port in a background thread; returns (server, thread)."""
     from prometheus_client import start_http_server
     return start_http_server(port, addr=host, registry=registry(settings))

@@ -4,6 +4,10 @@ Arguments are checked (JSON values only, against the task's signature) before an
 recorded in the ledger first and then put on Redis, so a Redis that is down loses nothing: recovery delivers it.
 A producer never creates a ledger: a job recorded in a brand-new one (a relative path from another directory, a
 typo) would never reach the worker, which reads the real one, so that is an error (db.LedgerMissing).
+
+The settings a submission goes by (the default queue, the ledger, the signing key, the idempotency window) are
+those of the Huey instance it is delivered through (app.queue.get_huey: configured by the entry point, or read
+from the environment once in a program that only submits).
 """
 from __future__ import annotations
 
@@ -18,7 +22,6 @@ import redis
 from huey.api import Task
 from huey.utils import normalize_time
 
-import config
 from app import catalog, events, keycheck, ledger
 from app.codec import NotJSON, ensure_json
 from app.db import database
@@ -82,17 +85,18 @@ def submit_tasks(tasks: list[Task], key: str | None = None, *, deliver: bool = T
             check_queue_name(queue)
         except ValueError as exc:
             raise BadOption(str(exc)) from None
+    settings = get_huey().settings
     for task in tasks:
         task.attempt = 1
-        task.queue_name = catalog.queue_of(type(task), queue)
+        task.queue_name = catalog.queue_of(type(task), settings.queue, queue)
     if key is not None and (not isinstance(key, str) or ledger.storable(key, Job.key.max_length) != key):
         raise catalog.BadArguments(f"an idempotency key is text of at most {Job.key.max_length} characters "
                                    f"without NUL")
     if deliver:  # (not when Redis is known to be down)
         check_signing_key()
-    open_ledger(create=False)
+    open_ledger(settings.database_url, create=False)
     if key is not None:
-        return _submit_with_key(tasks[0], key, warn)
+        return _submit_with_key(tasks[0], key, settings.idempotency_window, warn)
     # In id order: the ids are random, and inserting them sorted touches each page of the primary-key index once
     # per batch instead of once per row (a bulk insert into a big SQLite ledger costs about half as much).
     for name, batch in _by_queue(tasks).items():
@@ -108,9 +112,9 @@ def submit_tasks(tasks: list[Task], key: str | None = None, *, deliver: bool = T
 def check_signing_key() -> None:
     """Refuse (keycheck.SigningKeyMismatch) before anything is recorded when the consumers use another key. An
     unreadable Redis skips the check: the job is recorded and delivered later, as any submit while Redis is down."""
-    settings = config.get()
+    huey = get_huey()
     try:
-        keycheck.check(get_huey().storage.conn, settings.queue, settings.signing_key)
+        keycheck.check(huey.storage.conn, huey.settings.queue, huey.settings.signing_key)
     except redis.RedisError:
         pass
 
@@ -130,8 +134,9 @@ def _log_submitted(tasks: list[Task], key: str | None = None) -> None:
             events.emit_batch("submitted", name, ids)
 
 
-def _submit_with_key(task: Task, key: str, warn: bool = True) -> Submission:
-    window = config.get().idempotency_window
+def _submit_with_key(task: Task, key: str, window: float, warn: bool = True) -> Submission:
+    """One job under idempotency key `key`, unless a job still holds it (finished ones give it up after `window`
+    seconds: NIGHTSHIFT_IDEMPOTENCY_WINDOW)."""
     try:
         with database.atomic():
             existing = ledger.job_for_key(key, window)

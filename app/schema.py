@@ -11,7 +11,6 @@ import logging
 import peewee
 from playhouse.migrate import SchemaMigrator, migrate
 
-import config
 from app.db import LedgerMissing, database, open_database, where
 from app.models import ALL, Job, WorkerBeat
 
@@ -19,12 +18,11 @@ log = logging.getLogger("nightshift.ledger")
 _url: str | None = None  # the ledger this process opened
 
 
-def open_ledger(url: str | None = None, create: bool = True) -> peewee.Database:
-    """Point the ledger at `url` (default: NIGHTSHIFT_DATABASE_URL), create its tables if missing and bring an
-    older ledger's tables up to date. With `create=False` (producers) a ledger that does not exist yet (no SQLite
+def open_ledger(url: str, create: bool = True) -> peewee.Database:
+    """Point the ledger at `url` (NIGHTSHIFT_DATABASE_URL), create its tables if missing and bring an older
+    ledger's tables up to date. With `create=False` (producers) a ledger that does not exist yet (no SQLite
     file, or no tables) raises LedgerMissing and nothing is created."""
     global _url
-    url = url or config.get().database_url
     if _url == url and database.obj is not None:
         return database.obj
     if database.obj is not None:

@@ -5,9 +5,10 @@ either bounded by an index (state, finished_at) or by a recent window, so a ledg
 costs no more than a small one: counts are aggregated in SQL, and percentiles are computed in Python over at most
 SAMPLE_LIMIT durations of jobs that finished within the window.
 
-Several services (queues) may share one ledger: every figure is of this service's queue (NIGHTSHIFT_QUEUE) unless
-asked for other queues by name, or for all of them (ALL_QUEUES), where `None` stands for the rows written before
-the ledger recorded queues (their owner is unknown, see app.schema).
+Several services (queues) may share one ledger: every figure is of the queues asked for by name, or of all of them
+(ALL_QUEUES), where `None` stands for the rows written before the ledger recorded queues (their owner is unknown,
+see app.schema); the commands' default, this service's queue (NIGHTSHIFT_QUEUE), comes with their settings
+(resolve_queues).
 """
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ def _iso(value: datetime.datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds") + "Z" if value else None
 
 
-def gone_after(settings: config.Settings | None = None) -> float:
-    return ledger.gone_after(settings or config.get())
+def gone_after(settings: config.Settings) -> float:
+    return ledger.gone_after(settings)
 
 
 # -- which queues --------------------------------------------------------------------------------------------------
@@ -83,35 +84,40 @@ def known_queues() -> list[str | None]:
     return _sorted_queues(names)
 
 
-def every_queue(settings: config.Settings | None = None) -> list[str | None]:
-    """The queues cleanup and the metrics cover: this service's own (NIGHTSHIFT_QUEUE and NIGHTSHIFT_QUEUES'
-    names, even before they have jobs) and every queue the ledger knows (known_queues), so that no queue's keys
-    or figures are left out however the queues are spread over consumers and services."""
-    settings = settings or config.get()
+def every_queue(settings: config.Settings) -> list[str | None]:
+    """The queues cleanup, the metrics and the console cover: this service's own (NIGHTSHIFT_QUEUE and
+    NIGHTSHIFT_QUEUES' names, even before they have jobs) and every queue the ledger knows (known_queues), so that
+    no queue's keys or figures are left out however the queues are spread over consumers and services."""
     own = {settings.queue} | {name for name, _ in config.parse_queues(settings.queues)}
     return _sorted_queues(own | set(known_queues()))
 
 
-def resolve_queues(queues: Iterable[str | None] | str | None = None) -> list[str | None]:
-    """None: this service's queue; ALL_QUEUES: every known queue; else the names given."""
+def resolve_queues(queues: Iterable[str | None] | str | None, service: str) -> list[str | None]:
+    """None: this service's queue (`service`, NIGHTSHIFT_QUEUE); ALL_QUEUES: every known queue; else the names
+    given."""
     if queues is None:
-        return [config.get().queue]
+        return [service]
+    return named(queues)
+
+
+def named(queues: Iterable[str | None] | str) -> list[str | None]:
+    """ALL_QUEUES: every known queue; else the names given."""
     if queues == ALL_QUEUES:
         return known_queues()
     return list(queues)
 
 
-def of_queues(queues: Iterable[str | None] | str | None = None) -> peewee.Expression:
-    """WHERE condition: jobs of these queues (see resolve_queues)."""
-    return ledger.in_queues(resolve_queues(queues))
+def of_queues(queues: Iterable[str | None] | str) -> peewee.Expression:
+    """WHERE condition: jobs of these queues (see named)."""
+    return ledger.in_queues(named(queues))
 
 
-def of_queues_in_window(queues: Iterable[str | None] | str | None = None) -> peewee.Expression:
+def of_queues_in_window(queues: Iterable[str | None] | str) -> peewee.Expression:
     """of_queues written so that no index can serve it (`queue || ''`), for the queries bounded by a recent window
     of finished_at, which must range over that index. SQLite keeps no statistics (nothing runs ANALYZE), so it
     preferred the equality on the leading column of a (queue, ...) index: every job of the queue, a million rows
     on a grown ledger, read to count the last few minutes."""
-    names = resolve_queues(queues)
+    names = named(queues)
     column = Job.queue.concat("")
     condition = column.in_([name for name in names if name is not None])
     return (condition | column.is_null()) if None in names else condition
@@ -119,11 +125,11 @@ def of_queues_in_window(queues: Iterable[str | None] | str | None = None) -> pee
 
 # -- queue ---------------------------------------------------------------------------------------------------------
 
-def queue_counts(stamp: datetime.datetime, queue: str | None | bool = False) -> dict:
+def queue_counts(stamp: datetime.datetime, queue: str | None) -> dict:
     """Jobs waiting (due now), scheduled (eta in the future), running, retrying (part of waiting/scheduled) and
     dead, in one grouped query on the state index; plus how long the longest-waiting due job has waited.
-    Of `queue` (default: this service's; None: jobs without a queue)."""
-    mine = of_queues([config.get().queue if queue is False else queue])
+    Of `queue` (None: jobs without a queue)."""
+    mine = of_queues([queue])
     future = peewee.Case(None, [(Job.eta > stamp, 1)], 0)
     counts = {"waiting": 0, "scheduled": 0, "running": 0, "retrying": 0, "dead": 0}
     query = (Job.select(Job.state, fn.COUNT(Job.id), fn.SUM(future))
@@ -160,8 +166,8 @@ def redis_counts(huey: Any = None) -> dict:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
-def throughput(stamp: datetime.datetime, queues: Iterable[str | None] | str | None = None) -> dict:
-    """Jobs of `queues` (see resolve_queues) finished (succeeded or dead) per minute over the last 1, 5 and 15
+def throughput(stamp: datetime.datetime, queues: Iterable[str | None] | str) -> dict:
+    """Jobs of `queues` (see named) finished (succeeded or dead) per minute over the last 1, 5 and 15
     minutes; one range scan on the finished_at index."""
     since = {m: stamp - datetime.timedelta(minutes=m) for m in THROUGHPUT_WINDOWS}
     # The state test is inside the sums, not in WHERE, so that the planner (SQLite has no statistics) ranges
@@ -182,13 +188,13 @@ def _queue_in_window() -> peewee.Node:
 
 
 def throughput_by_queue(stamp: datetime.datetime,
-                        queues: Iterable[str | None] | str | None = None) -> dict[str | None, dict]:
+                        queues: Iterable[str | None] | str) -> dict[str | None, dict]:
     """throughput, for each of `queues` apart, in the same one range scan (grouped by queue)."""
     since = {m: stamp - datetime.timedelta(minutes=m) for m in THROUGHPUT_WINDOWS}
     processed = Job.state.in_(PROCESSED)
     columns = [fn.SUM(peewee.Case(None, [((Job.finished_at >= since[m]) & processed, 1)], 0))
                for m in THROUGHPUT_WINDOWS]
-    names = resolve_queues(queues)
+    names = named(queues)
     found = {name: {f"{m}m": 0.0 for m in THROUGHPUT_WINDOWS} for name in names}
     queue = _queue_in_window()
     for name, *counts in (Job.select(queue, *columns)
@@ -198,8 +204,8 @@ def throughput_by_queue(stamp: datetime.datetime,
     return found
 
 
-def finished_by_queue(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
-                      queues: Iterable[str | None] | str | None = None) -> dict[tuple[str | None, str], dict]:
+def finished_by_queue(stamp: datetime.datetime, window: float = WINDOW_SECONDS, *,
+                      queues: Iterable[str | None] | str) -> dict[tuple[str | None, str], dict]:
     """Jobs of `queues` finished within the window, by (queue, task) and outcome: one range scan on the
     finished_at index, grouped (by `task || ''`, as task_stats does, so no index on task tempts SQLite)."""
     since = stamp - datetime.timedelta(seconds=window)
@@ -212,8 +218,8 @@ def finished_by_queue(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
                                              .group_by(queue, task).tuples())}
 
 
-def durations_by_queue(stamp: datetime.datetime, window: float = WINDOW_SECONDS, limit: int = SAMPLE_LIMIT,
-                       queues: Iterable[str | None] | str | None = None) -> dict[tuple[str | None, str], list[float]]:
+def durations_by_queue(stamp: datetime.datetime, window: float = WINDOW_SECONDS, limit: int = SAMPLE_LIMIT, *,
+                       queues: Iterable[str | None] | str) -> dict[tuple[str | None, str], list[float]]:
     """recent_durations by (queue, task): the `limit` most recent of all `queues` together, split afterwards."""
     since = stamp - datetime.timedelta(seconds=window)
     found: dict[tuple[str | None, str], list[float]] = {}
@@ -236,8 +242,8 @@ def percentile(values: list[float], q: float) -> float | None:
     return values[rank - 1]
 
 
-def recent_durations(stamp: datetime.datetime, window: float = WINDOW_SECONDS, limit: int = SAMPLE_LIMIT,
-                     queues: Iterable[str | None] | str | None = None) -> dict[str, list[float]]:
+def recent_durations(stamp: datetime.datetime, window: float = WINDOW_SECONDS, limit: int = SAMPLE_LIMIT, *,
+                     queues: Iterable[str | None] | str) -> dict[str, list[float]]:
     """Durations of the most recent jobs that finished within the window, by task (bounded by `limit`)."""
     since = stamp - datetime.timedelta(seconds=window)
     by_task: dict[str, list[float]] = {}
@@ -250,13 +256,14 @@ def recent_durations(stamp: datetime.datetime, window: float = WINDOW_SECONDS, l
     return by_task
 
 
-def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
-               queues: Iterable[str | None] | str | None = None) -> list[dict]:
+def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS, *,
+               queues: Iterable[str | None] | str) -> list[dict]:
     """Per task: jobs finished in the window by outcome, success rate, p50/p95 duration, jobs running and
     waiting now, and its last failure (the most recent job that went dead)."""
     since = stamp - datetime.timedelta(seconds=window)
     tasks: dict[str, dict] = {}
-    mine = of_queues(resolve_queues(queues))
+    names = named(queues)
+    mine = of_queues(names)
 
     def entry(name: str) -> dict:
         return tasks.setdefault(name, {"task": name, "finished": 0, "succeeded": 0, "dead": 0, "canceled": 0,
@@ -269,7 +276,7 @@ def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
     # over the finished_at index.
     sums = [fn.SUM(peewee.Case(None, [(Job.state == outcome, 1)], 0)) for outcome in outcomes]
     name_of = Job.task.concat("")
-    for name, *counts in (Job.select(name_of, *sums).where(Job.finished_at >= since, of_queues_in_window(queues))
+    for name, *counts in (Job.select(name_of, *sums).where(Job.finished_at >= since, of_queues_in_window(names))
                           .group_by(name_of).tuples()):
         e = entry(name)
         for outcome, count in zip(outcomes, counts):
@@ -279,7 +286,7 @@ def task_stats(stamp: datetime.datetime, window: float = WINDOW_SECONDS,
                                .where(mine, Job.state.in_(WAITING + (State.RUNNING,)))
                                .group_by(Job.task, Job.state).tuples()):
         entry(name)["running" if state == State.RUNNING else "waiting"] += count
-    for name, durations in recent_durations(stamp, window, queues=resolve_queues(queues)).items():
+    for name, durations in recent_durations(stamp, window, queues=names).items():
         durations.sort()
         e = entry(name)
         e["p50"], e["p95"] = percentile(durations, 50), percentile(durations, 95)
@@ -306,11 +313,9 @@ def worker_status(beat: WorkerBeat, stamp: datetime.datetime, limit: float) -> s
     return "gone" if (stamp - beat.last_seen).total_seconds() > limit else "alive"
 
 
-def workers(stamp: datetime.datetime, queue: str | None = None, settings: config.Settings | None = None,
+def workers(stamp: datetime.datetime, queue: str, settings: config.Settings,
             shown_for: float = WORKERS_SHOWN_FOR) -> list[dict]:
-    """Consumers of the queue that beat recently (alive ones, and stopped or gone ones for `shown_for` s)."""
-    settings = settings or config.get()
-    queue = queue or settings.queue
+    """Consumers of `queue` that beat recently (alive ones, and stopped or gone ones for `shown_for` s)."""
     limit = gone_after(settings)
     since = stamp - datetime.timedelta(seconds=max(shown_for, limit))
     rows = (WorkerBeat.select().where(ledger.served_by(queue), WorkerBeat.last_seen >= since)
@@ -364,13 +369,12 @@ def alive_workers(stamp: datetime.datetime, queue: str, settings: config.Setting
 
 # -- everything ----------------------------------------------------------------------------------------------------
 
-def snapshot(settings: config.Settings | None = None, window: float = WINDOW_SECONDS, huey: Any = None,
+def snapshot(settings: config.Settings, window: float = WINDOW_SECONDS, huey: Any = None,
              queues: Iterable[str | None] | str | None = None) -> dict:
     """The whole picture of `queues` (default: this service's; see resolve_queues), as plain JSON-able data (the
     shape of `nightshift status --json`): a row per queue; throughput, tasks and workers of them all."""
-    settings = settings or config.get()
     stamp = now()
-    names = resolve_queues(queues)
+    names = resolve_queues(queues, settings.queue)
     rows = []
     for name in names:
         if name is None:
@@ -389,17 +393,17 @@ def snapshot(settings: config.Settings | None = None, window: float = WINDOW_SEC
         "gone_after_seconds": gone_after(settings),
         "queues": rows,
         "throughput_per_minute": throughput(stamp, names),
-        "tasks": task_stats(stamp, window, names),
+        "tasks": task_stats(stamp, window, queues=names),
         "workers": [w for name in names if name is not None for w in workers(stamp, name, settings)],
     }, secret_values(settings))
 
 
 # -- schedule ------------------------------------------------------------------------------------------------------
 
-def schedule_rows(tick: int | None = None) -> list[dict]:
-    """Each periodic task of the loaded catalog: its schedule in words and cron form, time zone, next run, and
-    its last run (the newest job of the task, one index seek each) with its outcome."""
-    tick = tick or config.get().tick_seconds
+def schedule_rows(tick: int) -> list[dict]:
+    """Each periodic task of the loaded catalog: its schedule in words and cron form, time zone, next run (in
+    ticks of `tick` seconds, NIGHTSHIFT_TICK_SECONDS), and its last run (the newest job of the task, one index
+    seek each) with its outcome."""
     classes = {name: cls for name, cls in catalog.task_classes().items() if issubclass(cls, PeriodicTask)}
     rows = []
     for name in sorted(classes):
@@ -417,9 +421,8 @@ def schedule_rows(tick: int | None = None) -> list[dict]:
 
 # -- health --------------------------------------------------------------------------------------------------------
 
-def health(settings: config.Settings | None = None, this_host: bool = False) -> tuple[bool, str]:
+def health(settings: config.Settings, this_host: bool = False) -> tuple[bool, str]:
     """(healthy, one line): Redis answers, the ledger answers, and a consumer of the queue beats."""
-    settings = settings or config.get()
     problem = check_redis(settings) or check_database(settings)
     if problem:
         return False, problem

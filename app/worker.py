@@ -1,4 +1,6 @@
-"""Consumer start-up: check that Redis and the ledger answer, load the task modules, run Huey's consumer."""
+"""Consumer start-up: load the task modules, connect the hooks, run Huey's consumer (the `worker` command has
+checked that Redis and the ledger answer). The settings are the command's: the process's Huey instance gets them
+here, and everything the consumer runs reads them from it (`huey.settings`)."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +9,7 @@ import os
 import config
 from app import catalog, keycheck, lifecycle, logs, monitoring
 from app.consumer import NightshiftConsumer
-from app.queue import check_queue_name, get_huey
+from app.queue import check_queue_name, configure, get_huey
 
 log = logging.getLogger("nightshift.worker")
 
@@ -29,13 +31,14 @@ def served_queues(settings: config.Settings, queues: str | None = None,
     return served
 
 
-def run(workers: int | None = None, queues: str | None = None) -> None:
-    settings = config.get()
+def run(settings: config.Settings, workers: int | None = None, queues: str | None = None) -> None:
+    """Serve `queues` (see served_queues) with `settings` until SIGTERM or SIGINT."""
     served = served_queues(settings, queues, workers)
     logs.setup(settings.log_level, settings.log_format)
     if settings.files_root == config.default_files_root(os.environ):
         os.makedirs(settings.files_root[0], exist_ok=True)  # only the default, beside the default ledger
-    catalog.load_task_modules()
+    configure(settings)
+    catalog.load_task_modules(settings.task_modules)
     huey = get_huey()  # the service's queue: its scheduler enqueues periodic tasks, wherever they are routed
     counts = dict(served)
     others = [(get_huey(name), count) for name, count in served if name != huey.name]

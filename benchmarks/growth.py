@@ -14,7 +14,7 @@ ids, as a ledger fills), on one private redis-server:
                 the commands' own work in this process (status.snapshot(); ledger.list_jobs(); ledger.get() of an
                 8-character prefix as `list` prints it, and of a full id, with attempts), median of 5; and the
                 whole command from a shell (`python -m app status|list|show ID`), median of 3
-  cleanup       (filled ledgers only) `app.cleanup.run()` removing the expired rows, while a probe process plays
+  cleanup       (filled ledgers only) `app.cleanup.run(settings)` removing the expired rows, while a probe process plays
                 a worker: every 20 ms it records, claims and finishes a job (three ledger writes), each timed; the
                 longest of those writes is what a worker waited on the ledger during cleanup
 
@@ -243,7 +243,7 @@ def measure(kind: str, rows: int, args: argparse.Namespace, redis_url: str, work
         log(f"{label}: status, list, show")
         from app import ledger, status
         job_id = ids[len(ids) // 2]
-        result["status_ms"] = median_ms(lambda: status.snapshot(huey=None))
+        result["status_ms"] = median_ms(lambda: status.snapshot(__import__("config").get(), huey=None))
         result["list_ms"] = median_ms(lambda: ledger.list_jobs(limit=50, queues=[queue]))
         result["list_dead_ms"] = median_ms(lambda: ledger.list_jobs(state="dead", limit=50, queues=[queue]))
         result["show_ms"] = median_ms(lambda: (ledger.get(job_id), ledger.attempts(job_id)))

@@ -125,10 +125,11 @@ def test_show_finds_a_job_by_prefix_through_the_primary_key(grown):
 def test_status_window_figures_range_over_finished_at(grown, env):
     from app import status
     stamp = datetime.datetime.utcnow()
+    own = [env["NIGHTSHIFT_QUEUE"]]  # `nightshift status`'s default: the service's queue
     with Plans() as plans:
-        status.throughput(stamp)
-        status.task_stats(stamp)
-        names = status.every_queue()  # the metrics' queues, and their figures by queue
+        status.throughput(stamp, own)
+        status.task_stats(stamp, queues=own)
+        names = status.every_queue(__import__("config").get())  # the metrics' queues, and their figures by queue
         status.throughput_by_queue(stamp, names)
         status.finished_by_queue(stamp, queues=names)
         status.durations_by_queue(stamp, queues=names)

@@ -30,8 +30,9 @@ def menv(env, monkeypatch):
 def status(env, via_cli: bool = False) -> dict:
     """`nightshift status --json`; in-process (same code, same settings) when polling, to keep the test fast."""
     if not via_cli:
+        import config
         from app import status as status_mod
-        return json.loads(json.dumps(status_mod.snapshot()))
+        return json.loads(json.dumps(status_mod.snapshot(config.get())))
     out = cli(env, "status", "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

@@ -224,7 +224,7 @@ def test_job_list_pages_by_key_through_ties_and_filters(env, client, monkeypatch
     found, before, pages = [], None, 0
     while True:
         page = queries.job_page(queries.Filters(q=f'"a": {json.loads(dict((r["id"], r["kwargs"]) for r in rows)[target])["a"]}}}'),
-                                before, 10)
+                                [], before, 10)
         pages += 1
         found += [job["id"] for job in page.jobs]
         assert page.scanned <= 40

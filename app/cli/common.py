@@ -1,5 +1,6 @@
-"""What every command shares: turning known failures into one clear line and an exit code, the parameter types
-that refuse bad input before a command runs, and output helpers."""
+"""What every command shares: the parameter types that refuse bad input before a command runs, and output
+helpers. (Turning known failures into one clear line and an exit code, and reading the settings, is the group's:
+app.cli.root.)"""
 from __future__ import annotations
 
 import datetime
@@ -9,65 +10,15 @@ import sys
 from typing import Any
 
 import click
-import peewee
-import redis
 
-import config
-from app.catalog import BadArguments, TaskModuleError, UnknownTaskName
-from app.codec import NotJSON
-from app.db import LedgerMissing
-from app.keycheck import SigningKeyMismatch
-from app.producer import MAX_DELAY, MAX_INT, MAX_KEY, BadOption
+from app.producer import MAX_DELAY, MAX_INT, MAX_KEY
 from app.queue import check_queue_name
 from app.status import ALL_QUEUES
-from helpers.masking import mask_text, mask_url, quoted, secret_values
+from helpers.masking import mask_text, quoted
 
 EXIT_FAILED = 1      # the job failed / an operation could not be done
 EXIT_USAGE = 2       # bad input: nothing was accepted
 EXIT_TIMEOUT = 124   # --wait gave up (like timeout(1))
-
-
-class cli(click.Group):
-    """A click group whose commands report expected errors in one line instead of a traceback."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            from app import logs
-            settings = config.get()
-            # A command prints what was asked for (stdout) and warnings and errors (stderr), not the job
-            # lifecycle's INFO lines: those are the worker's (which sets its own level), or DEBUG's.
-            logs.setup(settings.log_level if settings.log_level == "debug" else
-                       max(settings.log_level, "warning", key=logs.LEVELS.index), settings.log_format)
-            return super().invoke(ctx)
-        except click.UsageError as exc:
-            # A submit checks all its input before it writes anything: say so, as its other refusals do.
-            nothing = " Nothing was queued." if exc.ctx is not None and exc.ctx.command.name == "submit" else ""
-            message = " ".join(exc.format_message().split())
-            fail(message + ("" if message.endswith((".", "?")) else ".") + nothing + _usage_hint(exc), EXIT_USAGE)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
-            raise
-        except config.ConfigError as exc:
-            fail(f"invalid configuration: {exc}", EXIT_USAGE)
-        except TaskModuleError as exc:
-            fail(str(exc), EXIT_USAGE)
-        except BadOption as exc:
-            fail(f"{exc}. Nothing was queued.", EXIT_USAGE)
-        except (UnknownTaskName, BadArguments, NotJSON) as exc:
-            fail(f"{str(exc).rstrip('.')}{'' if str(exc).endswith('?') else '.'} Nothing was queued.", EXIT_USAGE)
-        except LedgerMissing as exc:
-            fail(f"{exc}. Nothing was queued.", EXIT_FAILED)
-        except SigningKeyMismatch as exc:
-            fail(f"{exc}. Nothing was queued.", EXIT_USAGE)
-        except peewee.PeeweeException as exc:
-            settings = config.get()
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            fail(f"the ledger database at {mask_url(settings.database_url)} failed: "
-                 f"{mask_text(detail, secret_values(settings))}. "
-                 f"Check NIGHTSHIFT_DATABASE_URL and that the database is up.", EXIT_FAILED)
-        except redis.RedisError as exc:
-            settings = config.get()
-            fail(f"Redis at {mask_url(settings.redis_url)} failed: {mask_text(str(exc), secret_values(settings))}. "
-                 f"Check NIGHTSHIFT_REDIS_URL and that Redis is up.", EXIT_FAILED)
 
 
 # -- parameter types: every command's ids, names, counts and durations are checked by these, so a bad value is
@@ -155,11 +106,6 @@ PORT = WholeNumber(0, 65535)
 SECONDS = Number(0, MAX_SECONDS)
 
 
-def _usage_hint(exc: click.UsageError) -> str:
-    command = exc.ctx.command_path if exc.ctx is not None else "nightshift"
-    return f" (see `{command} --help`)"
-
-
 def fail(message: str, code: int = EXIT_FAILED) -> None:
     click.echo(f"nightshift: {message}", err=True)
     sys.exit(code)
@@ -201,9 +147,9 @@ def chosen_queues(queue_names: tuple[str, ...], all_queues: bool) -> list[str] |
     return ALL_QUEUES if all_queues else (list(queue_names) or None)
 
 
-def queues_heading(queues: list[str] | str | None) -> str:
-    """The line that says which queue(s) a listing is of."""
+def queues_heading(queues: list[str] | str | None, service: str) -> str:
+    """The line that says which queue(s) a listing is of (None: the service's, `service`)."""
     if queues == ALL_QUEUES:
         return "all queues"
-    names = queues or [config.get().queue]
+    names = queues or [service]
     return ("queue " if len(names) == 1 else "queues ") + ", ".join(repr(name) for name in names)

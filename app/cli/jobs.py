@@ -7,8 +7,6 @@ import time
 
 import click
 
-import config
-
 from app import catalog, ledger, producer
 from app.cli import bulk
 from app.cli.root import main
@@ -98,7 +96,8 @@ def command_line_arguments(task_name: str, args: tuple[str, ...], json_args: str
               "(@task(queue=...), else NIGHTSHIFT_QUEUE).")
 @click.option("--wait", is_flag=True, help="Block until the job ends; exit 0 if it succeeded, 1 if it failed.")
 @click.option("--timeout", type=SECONDS, help="With --wait: give up after SECONDS (exit 124).")
-def submit(task_name, args, json_args, file_, delay, eta, priority, retries, key, queue, wait, timeout):
+@click.pass_obj
+def submit(settings, task_name, args, json_args, file_, delay, eta, priority, retries, key, queue, wait, timeout):
     """Queue a job of TASK and print its id (or, with --file, the number of jobs queued)."""
     if delay is not None and eta is not None:
         raise click.UsageError("--delay and --eta both say when to run: give one of them")
@@ -120,7 +119,7 @@ def submit(task_name, args, json_args, file_, delay, eta, priority, retries, key
     if submission.existing:
         click.echo(f"nightshift: key {key!r} already accepted as job {job_id}; not queued again", err=True)
     if not submission.delivered:
-        error = mask_text(submission.delivery_error, secret_values(config.get()))
+        error = mask_text(submission.delivery_error, secret_values(settings))
         click.echo(f"nightshift: Redis is unreachable ({error}); the job is recorded in the "
                    f"ledger and will be delivered when Redis is back", err=True)
     click.echo(job_id)
@@ -153,13 +152,14 @@ def wait_for(job_id: str, timeout: float | None) -> None:
 @main.command()
 @click.argument("job_id", metavar="JOB", type=JOB_ID)
 @json_option
-def show(job_id, as_json):
+@click.pass_obj
+def show(settings, job_id, as_json):
     """One job: state, attempts and their timings, arguments, result or last error with traceback."""
-    open_ledger()
+    open_ledger(settings.database_url)
     job = ledger.get(job_id)
     if job is None:
         fail(f"no job {quoted(job_id)} in the ledger", EXIT_FAILED)
-    data = job_dict(job, with_attempts=True)
+    data = job_dict(job, secret_values(settings), with_attempts=True)
     if as_json:
         echo_json(data)
         return
@@ -215,15 +215,17 @@ STATE_ALIASES = {"failed": "dead", "waiting": "queued", "scheduled": "queued"}
 @click.option("--limit", type=WholeNumber(1, MAX_COUNT), default=50, show_default=True)
 @queue_options
 @json_option
-def list_(state, task, limit, queue_names, all_queues, as_json):
+@click.pass_obj
+def list_(settings, state, task, limit, queue_names, all_queues, as_json):
     """Recent jobs of this service's queue (or --queue / --all-queues), newest first."""
     queues = chosen_queues(queue_names, all_queues)
-    open_ledger()
-    jobs = ledger.list_jobs(STATE_ALIASES.get(state, state), task, limit, resolve_queues(queues))
+    open_ledger(settings.database_url)
+    jobs = ledger.list_jobs(STATE_ALIASES.get(state, state), task, limit, resolve_queues(queues, settings.queue))
     if as_json:
-        echo_json([job_dict(job) for job in jobs])
+        secrets = secret_values(settings)
+        echo_json([job_dict(job, secrets) for job in jobs])
         return
-    click.echo(f"{queues_heading(queues)}:")
+    click.echo(f"{queues_heading(queues, settings.queue)}:")
     rows = [[job.id[:8], job.task[:24], job.state, str(job.attempt), iso(job.created_at)[:19].replace("T", " "),
              f"{job.duration:.2f}s" if job.duration is not None else "-"] for job in jobs]
     headers = ["ID", "TASK", "STATE", "TRY", "CREATED (UTC)", "TOOK"]
@@ -235,9 +237,10 @@ def list_(state, task, limit, queue_names, all_queues, as_json):
 
 @main.command()
 @json_option
-def tasks(as_json):
+@click.pass_obj
+def tasks(settings, as_json):
     """The task catalog: each task's name, parameters and what it does."""
-    entries = [catalog.describe(cls) for _, cls in sorted(catalog.task_classes().items())]
+    entries = [catalog.describe(cls, settings.queue) for _, cls in sorted(catalog.task_classes().items())]
     if as_json:
         echo_json(entries)
         return

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import click
 
-import config
 from app.cli.root import main
 from app.cli.common import EXIT_USAGE, echo_json, fail, json_option, table
 from app.schema import open_ledger
@@ -11,11 +10,12 @@ from app.schema import open_ledger
 
 @main.command()
 @json_option
-def schedule(as_json):
+@click.pass_obj
+def schedule(settings, as_json):
     """List periodic tasks: schedule (in words and cron form), next run, last run and its outcome."""
     from app.status import schedule_rows
-    open_ledger()
-    tick = config.get().tick_seconds
+    open_ledger(settings.database_url)
+    tick = settings.tick_seconds
     rows = schedule_rows(tick)
     if as_json:
         echo_json({"tick_seconds": tick, "tasks": rows})
@@ -35,7 +35,8 @@ def schedule(as_json):
                    "knows (NIGHTSHIFT_QUEUE, NIGHTSHIFT_QUEUES and every queue in the ledger).")
 @click.option("--all-queues", is_flag=True, help="Every queue the service knows (the default, said explicitly).")
 @json_option
-def cleanup(dry_run, queue_names, all_queues, as_json):
+@click.pass_obj
+def cleanup(settings, dry_run, queue_names, all_queues, as_json):
     """Remove expired results, finished jobs past retention, stale locks, old flags and previews now."""
     from app import cleanup as cleanup_mod
     from app.queue import check_queue_name
@@ -46,9 +47,8 @@ def cleanup(dry_run, queue_names, all_queues, as_json):
             check_queue_name(name)
         except ValueError as exc:
             fail(f"--queue: {exc}", EXIT_USAGE)
-    settings = config.get()
     open_ledger(settings.database_url)
-    report = cleanup_mod.run(dry_run=dry_run, queues=list(queue_names) or None, settings=settings)
+    report = cleanup_mod.run(settings, dry_run=dry_run, queues=list(queue_names) or None)
     if as_json:
         echo_json(report.as_dict())
     else:
@@ -57,16 +57,17 @@ def cleanup(dry_run, queue_names, all_queues, as_json):
 
 @main.command()
 @json_option
-def backlog(as_json):
+@click.pass_obj
+def backlog(settings, as_json):
     """Show the backlog (depth, oldest waiting job, running, failure rate, dead letters) and open alerts."""
     from app import backlog as backlog_mod
     from app.backlog import thresholds
-    open_ledger()
+    open_ledger(settings.database_url)
     snap = backlog_mod.measure()
     open_alerts = backlog_mod.incidents()
     if as_json:
         echo_json({"snapshot": snap.as_dict(), "alerts": open_alerts,
-                   "thresholds": {name: limit for name, (_, limit) in thresholds().items()}})
+                   "thresholds": {name: limit for name, (_, limit) in thresholds(settings).items()}})
         return
     window = int(snap.window)
     lines = [

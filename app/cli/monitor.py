@@ -8,7 +8,6 @@ import time
 
 import click
 
-import config
 from app.cli.root import main
 from app.jobview import ago
 from app.schema import open_ledger
@@ -112,11 +111,11 @@ def render(data: dict) -> str:
 @click.option("--window", type=Number(1, MAX_SECONDS / 60), default=60, show_default=True, metavar="MINUTES",
               help="Per-task figures cover jobs finished in the last MINUTES.")
 @queue_options
-def status(as_json, watch, window, queue_names, all_queues):
+@click.pass_obj
+def status(settings, as_json, watch, window, queue_names, all_queues):
     """What the service (its queue, or --queue / --all-queues) is doing: queue depth, throughput, per-task
     figures, workers."""
     from app import status as status_mod
-    settings = config.get()
     queues = chosen_queues(queue_names, all_queues)
     open_ledger(settings.database_url)
     try:
@@ -146,10 +145,11 @@ def status(as_json, watch, window, queue_names, all_queues):
 @main.command()
 @click.option("--this-host", is_flag=True, help="Require a live consumer on this host (a container's own "
               "consumer), not just anywhere.")
-def health(this_host):
+@click.pass_obj
+def health(settings, this_host):
     """Exit 0 when Redis and the ledger answer and a consumer's heartbeat is fresh; else 1 with the reason."""
     from app import status as status_mod
-    ok, line = status_mod.health(config.get(), this_host=this_host)
+    ok, line = status_mod.health(settings, this_host=this_host)
     if not ok:
         fail(f"unhealthy: {line}", EXIT_FAILED)
     click.echo(line)
@@ -162,11 +162,12 @@ def _interrupt(signum: int, frame: object) -> None:
 @main.command()
 @click.option("--port", type=PORT, required=True, help="Port to serve /metrics on.")
 @click.option("--host", type=NAME, default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: all).")
-def metrics(port, host):
+@click.pass_obj
+def metrics(settings, port, host):
     """Serve Prometheus metrics (queue depth, outcomes, durations, workers) until SIGTERM or Ctrl-C."""
     from app import metrics as metrics_mod
     try:
-        server, thread = metrics_mod.serve(port, host, config.get())
+        server, thread = metrics_mod.serve(port, host, settings)
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", EXIT_FAILED)
     click.echo(f"serving Prometheus metrics on http://{host}:{server.server_port}/metrics", err=True)

@@ -12,7 +12,7 @@ from app.queue import get_huey
 from app.schema import open_ledger
 from app.status import resolve_queues
 from app.states import State
-from helpers.masking import mask_text
+from helpers.masking import mask_text, secret_values
 
 
 def _resolve(job_ids: tuple[str, ...]) -> list[Job]:
@@ -30,17 +30,19 @@ def _resolve(job_ids: tuple[str, ...]) -> list[Job]:
 @click.option("--limit", type=WholeNumber(1, MAX_COUNT), default=100, show_default=True)
 @queue_options
 @json_option
-def dead(task, limit, queue_names, all_queues, as_json):
+@click.pass_obj
+def dead(settings, task, limit, queue_names, all_queues, as_json):
     """Dead letters of this service's queue (or --queue / --all-queues): jobs that ran out of retries, lost their
     lease too often, or came as bad messages."""
     queues = chosen_queues(queue_names, all_queues)
-    open_ledger()
-    jobs = ledger.list_jobs(State.DEAD, task, limit, resolve_queues(queues))
+    open_ledger(settings.database_url)
+    jobs = ledger.list_jobs(State.DEAD, task, limit, resolve_queues(queues, settings.queue))
     if as_json:
         from app.cli.jobs import job_dict
-        echo_json([job_dict(job) for job in jobs])
+        secrets = secret_values(settings)
+        echo_json([job_dict(job, secrets) for job in jobs])
         return
-    click.echo(f"{queues_heading(queues)}:")
+    click.echo(f"{queues_heading(queues, settings.queue)}:")
     # The error itself (what the operator must fix); the reason only when there was no error (a lost lease, a
     # bad message) or when it adds something (a time limit, a permanent error).
     rows = [[job.id[:8], job.task[:22], str(job.attempt), iso(job.finished_at or job.updated_at)[:19].replace("T", " "),
@@ -64,18 +66,20 @@ def _cut(text: str, width: int) -> str:
               "--task, when given).")
 @click.option("--task", type=TASK_NAME, help="With --all: only this task's dead jobs.")
 @queue_options
-def retry(job_ids, all_, task, queue_names, all_queues):
+@click.pass_obj
+def retry(settings, job_ids, all_, task, queue_names, all_queues):
     """Queue dead jobs again, each as a new attempt with the task's retries, on the queue they belong to."""
-    open_ledger()
+    open_ledger(settings.database_url)
     if all_ == bool(job_ids):
         fail("name the jobs to retry, or use --all [--task T] [--queue Q]", 2)
     if (queue_names or all_queues) and not all_:
         fail("--queue and --all-queues choose jobs for --all; named jobs go back to their own queue", 2)
     chosen = chosen_queues(queue_names, all_queues)
     if all_:
-        click.echo(f"nightshift: retrying the dead jobs of {queues_heading(chosen)}", err=True)
+        click.echo(f"nightshift: retrying the dead jobs of {queues_heading(chosen, settings.queue)}", err=True)
     queue = get_huey().name
-    jobs = _resolve(job_ids) if job_ids else ledger.list_jobs(State.DEAD, task, limit=1_000_000, queues=resolve_queues(chosen))
+    jobs = _resolve(job_ids) if job_ids else ledger.list_jobs(State.DEAD, task, limit=1_000_000,
+                                                              queues=resolve_queues(chosen, settings.queue))
     outcome = operations.retry(jobs, operations.local_operator(), queue)
     if outcome.delivery_error:
         click.echo(f"nightshift: Redis is unreachable ({outcome.delivery_error}); the jobs are queued in the ledger "
@@ -89,9 +93,10 @@ def retry(job_ids, all_, task, queue_names, all_queues):
 
 @main.command()
 @click.argument("job_ids", metavar="JOB...", nargs=-1, type=JOB_ID, required=True)
-def discard(job_ids):
+@click.pass_obj
+def discard(settings, job_ids):
     """Remove dead jobs from the ledger for good."""
-    open_ledger()
+    open_ledger(settings.database_url)
     jobs = _resolve(job_ids)
     outcome = operations.discard(jobs, operations.local_operator())
     for job_id, why in outcome.refused:
@@ -103,9 +108,10 @@ def discard(job_ids):
 
 @main.command()
 @click.argument("job_ids", metavar="JOB...", nargs=-1, type=JOB_ID, required=True)
-def cancel(job_ids):
+@click.pass_obj
+def cancel(settings, job_ids):
     """Cancel jobs: queued or scheduled ones will not run; running ones are stopped (app.canceling)."""
-    open_ledger()
+    open_ledger(settings.database_url)
     jobs = _resolve(job_ids)
     outcome = operations.cancel(jobs, operations.local_operator())
     for job_id, why in outcome.refused:

@@ -10,9 +10,9 @@ from app.cli.root import main
 from app.schema import open_ledger
 
 
-def _set(queue: str | None, paused: bool) -> None:
-    open_ledger()
-    name = queue or config.get().queue
+def _set(settings: config.Settings, queue: str | None, paused: bool) -> None:
+    open_ledger(settings.database_url)
+    name = queue or settings.queue
     was = operations.set_paused(name, paused, operations.local_operator())
     if paused:
         click.echo(f"queue {name!r} {'was already' if was else 'is now'} paused: running jobs finish, no new job "
@@ -23,13 +23,15 @@ def _set(queue: str | None, paused: bool) -> None:
 
 @main.command()
 @click.argument("queue", required=False, type=QUEUE_NAME)
-def pause(queue):
+@click.pass_obj
+def pause(settings, queue):
     """Stop jobs of QUEUE (default: NIGHTSHIFT_QUEUE) from starting; they keep arriving. Survives restarts."""
-    _set(queue, True)
+    _set(settings, queue, True)
 
 
 @main.command()
 @click.argument("queue", required=False, type=QUEUE_NAME)
-def resume(queue):
+@click.pass_obj
+def resume(settings, queue):
     """Let jobs of QUEUE (default: NIGHTSHIFT_QUEUE) start again."""
-    _set(queue, False)
+    _set(settings, queue, False)

@@ -18,11 +18,11 @@ MAX_WORKERS = 1000  # worker threads or processes of one consumer: past what one
 @click.option("--workers", type=WholeNumber(1, MAX_WORKERS), help="Override NIGHTSHIFT_WORKERS.")
 @click.option("--queues", metavar="NAME=N,...", type=VALUE, help="Serve these queues, each with its own N worker threads "
               "(e.g. mail=2,default=4); overrides NIGHTSHIFT_QUEUES. Default: NIGHTSHIFT_QUEUE.")
-def worker(workers, queues):
+@click.pass_obj
+def worker(settings, workers, queues):
     """Run the consumer: execute jobs, run the scheduler and recovery, until SIGTERM/SIGINT."""
     from app import preflight
     from app import worker as worker_mod
-    settings = config.get()
     problems = preflight.problems(settings)
     if problems:
         for problem in problems:
@@ -33,27 +33,29 @@ def worker(workers, queues):
             config.parse_queues(queues)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--queues") from None
-    worker_mod.run(workers, queues)
+    worker_mod.run(settings, workers, queues)
 
 
 @main.command()
-def init():
+@click.pass_obj
+def init(settings):
     """Create the ledger where NIGHTSHIFT_DATABASE_URL points (tables; for SQLite the file, and the default
     location's directory) or bring an existing one up to date. The worker does this itself at start; producers
     never do."""
     from app import db
-    open_ledger(config.get().database_url, create=True)
-    click.echo(f"ledger ready at {db.where(config.get().database_url)}")
+    open_ledger(settings.database_url, create=True)
+    click.echo(f"ledger ready at {db.where(settings.database_url)}")
 
 
 @main.command()
 @json_option
-def recover(as_json):
+@click.pass_obj
+def recover(settings, as_json):
     """Run recovery now: requeue jobs whose worker died and jobs whose message Redis lost."""
     from app import catalog, recovery
     from app.queue import get_huey
-    catalog.load_task_modules()
-    open_ledger()
+    catalog.load_task_modules(settings.task_modules)
+    open_ledger(settings.database_url)
     report = recovery.recover(get_huey())
     if as_json:
         echo_json(report.as_dict())
@@ -66,9 +68,9 @@ def recover(as_json):
 
 @main.command("config")
 @json_option
-def show_config(as_json):
+@click.pass_obj
+def show_config(settings, as_json):
     """Every setting: its environment variable, current value (secrets masked) and what it does."""
-    settings = config.get()
     rows = []
     for field in dataclasses.fields(settings):
         value = getattr(settings, field.name)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-import config
 from app.cli.root import main
 from app.cli.common import EXIT_FAILED, EXIT_USAGE, NAME, PORT, fail
 
@@ -13,9 +12,9 @@ from app.cli.common import EXIT_FAILED, EXIT_USAGE, NAME, PORT, fail
 @click.option("--bind", type=NAME, default="127.0.0.1", show_default=True, help="Address to listen on (beyond loopback only "
               "with NIGHTSHIFT_WEB_TOKEN set).")
 @click.option("--port", type=PORT, default=8080, show_default=True)
-def web(bind, port):
+@click.pass_obj
+def web(settings, bind, port):
     """Serve the operator console (overview, jobs, actions, schedule, JSON API) until SIGTERM or Ctrl-C."""
-    settings = config.get()
     try:
         from app.web import server
     except ImportError as exc:

@@ -75,8 +75,8 @@ def _short_time(value: str | None) -> str:
 class Console:
     """The console for one process: settings, guard, templates and routes. Call it as a WSGI application."""
 
-    def __init__(self, settings: config.Settings | None = None) -> None:
-        self.settings = settings or config.get()
+    def __init__(self, settings: config.Settings) -> None:
+        self.settings = settings
         self.readonly = self.settings.web_readonly
         self.guard = Guard(self.settings.web_token)
         self.secrets = secret_values(self.settings)
@@ -178,23 +178,23 @@ class Console:
     def page_jobs(self, request: Request) -> Response:
         filters = queries.Filters.from_query(request.query)
         limit = _int(request.query.get("limit"), queries.PAGE_SIZE)
-        page = queries.job_page(filters, request.query.get("before"), limit)
+        page = queries.job_page(filters, self.secrets, request.query.get("before"), limit)
         tasks = sorted(catalog.task_classes())
         return self.render(request, "jobs.html", {
             "page": page, "filters": filters, "states": STATES, "tasks": tasks,
-            "queues": [queries.NO_QUEUE if q is None else q for q in queries.queue_names()],
+            "queues": [queries.NO_QUEUE if q is None else q for q in queries.queue_names(self.settings)],
             "next_query": urllib.parse.urlencode({**filters.as_query(), "before": page.next}) if page.next else "",
             "filter_query": urllib.parse.urlencode(filters.as_query()),
             "message": request.query.get("message", ""), "bulk_cap": BULK_CAP})
 
     def page_job(self, request: Request) -> Response:
-        data = queries.job_detail(request.params["job_id"])
+        data = queries.job_detail(request.params["job_id"], self.secrets)
         if data is None:
             raise HTTPError(404, f"no job {request.params['job_id']!r} in the ledger")
         return self.render(request, "job.html", {"job": data, "message": request.query.get("message", "")})
 
     def page_schedule(self, request: Request) -> Response:
-        return self.render(request, "schedule.html", {"rows": queries.schedule(),
+        return self.render(request, "schedule.html", {"rows": queries.schedule(self.settings),
                                                       "message": request.query.get("message", "")})
 
     def page_login(self, request: Request) -> Response:
@@ -311,12 +311,13 @@ class Console:
         filters = queries.Filters.from_query(request.query)
         if request.query.get("state") and not filters.state:
             raise HTTPError(400, f"state must be one of {', '.join(STATES)}")
-        page = queries.job_page(filters, request.query.get("before"), _int(request.query.get("limit"), 50))
+        page = queries.job_page(filters, self.secrets, request.query.get("before"),
+                                _int(request.query.get("limit"), 50))
         return json_response({"jobs": page.jobs, "next": page.next, "partial": page.partial,
                               "scanned": page.scanned})
 
     def api_job(self, request: Request) -> Response:
-        data = queries.job_detail(request.params["job_id"])
+        data = queries.job_detail(request.params["job_id"], self.secrets)
         if data is None:
             raise HTTPError(404, "no such job")
         return json_response(data)
@@ -386,7 +387,7 @@ class Console:
         return json_response({"queue": request.params["queue"], "paused": action == "pause", "was_paused": was})
 
     def api_schedule(self, request: Request) -> Response:
-        return json_response({"tick_seconds": self.settings.tick_seconds, "tasks": queries.schedule()})
+        return json_response({"tick_seconds": self.settings.tick_seconds, "tasks": queries.schedule(self.settings)})
 
     def api_run_now(self, request: Request) -> Response:
         self.api_write(request)
@@ -416,14 +417,13 @@ def _with_message(path: str, message: str) -> str:
     return base + "?" + urllib.parse.urlencode(params)
 
 
-def create_app(settings: config.Settings | None = None) -> Console:
-    """The console as a WSGI application on the ledger and Redis of `settings` (default: the environment);
-    the task catalog is loaded so the console can check submitted jobs and show periodic tasks."""
-    settings = settings or config.get()
+def create_app(settings: config.Settings) -> Console:
+    """The console as a WSGI application on the ledger and Redis of `settings` (the entry point's); the task
+    catalog is loaded so the console can check submitted jobs and show periodic tasks."""
     database = open_ledger(settings.database_url)
     if isinstance(database, peewee.SqliteDatabase):
         # Each server thread's connection keeps its own page cache (2 MB by default); the console reads by index
         # and leaves the rest to the OS's file cache, so a small one keeps the process small.
         database.pragma("cache_size", -SQLITE_CACHE_KIB, permanent=True)
-    catalog.load_task_modules()
+    catalog.load_task_modules(settings.task_modules)
     return Console(settings)

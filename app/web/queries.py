@@ -52,9 +52,10 @@ def now() -> datetime.datetime:
 
 # -- queues ----------------------------------------------------------------------------------------------------
 
-def queue_names() -> list[str | None]:
-    """Every queue with jobs, consumers or a pause record, without reading every job: a loose index scan
-    (the next queue name after the last one, by the queue index), then whether any job has no queue."""
+def queue_names(settings: config.Settings) -> list[str | None]:
+    """Every queue with jobs, consumers or a pause record, and the service's own (`settings`: NIGHTSHIFT_QUEUE),
+    without reading every job: a loose index scan (the next queue name after the last one, by the queue index),
+    then whether any job has no queue."""
     table = Job._meta.table_name
     rows = database.obj.execute_sql(
         f'WITH RECURSIVE q(name) AS (SELECT MIN("queue") FROM "{table}" UNION ALL '
@@ -63,7 +64,7 @@ def queue_names() -> list[str | None]:
     names: set[str | None] = {row[0] for row in rows}
     names |= {row[0] for row in WorkerBeat.select(WorkerBeat.queue).distinct().tuples()}
     names |= {row[0] for row in QueueState.select(QueueState.name).tuples()}
-    names.add(config.get().queue)
+    names.add(settings.queue)
     if Job.select(Job.id).where(Job.queue.is_null()).limit(1).tuples().first():
         names.add(None)
     return sorted(names, key=lambda name: (name is None, name or ""))
@@ -142,14 +143,14 @@ def oldest_waiting(queue: str | None, stamp: datetime.datetime) -> str | None:
     return row[0] if row else None
 
 
-def overview(settings: config.Settings | None = None) -> dict:
+def overview(settings: config.Settings) -> dict:
     """Each queue's counts, oldest waiting job, hourly throughput and failure rate, paused state and open
     backlog alerts; the workers of every queue; the latest operator actions. Plain JSON-able data, masked."""
-    settings = settings or config.get()
     stamp = now()
     charts = hourly(stamp)
     queues = []
-    for name in queue_names():
+    names = queue_names(settings)
+    for name in names:
         counts = status.queue_counts(stamp, name)
         row = {"name": NO_QUEUE if name is None else name, "paused": False, "alerts": {}, "alerts_error": "", **counts,
                "oldest_waiting_job": oldest_waiting(name, stamp) if counts["oldest_waiting_since"] else None,
@@ -161,7 +162,7 @@ def overview(settings: config.Settings | None = None) -> dict:
             except Exception as exc:  # noqa: BLE001 - the ledger's figures still show when Redis is down
                 row["alerts_error"] = f"Redis: {type(exc).__name__}: {exc}"
         queues.append(row)
-    workers = [w for name in queue_names() if name is not None for w in status.workers(stamp, name, settings)]
+    workers = [w for name in names if name is not None for w in status.workers(stamp, name, settings)]
     actions = [{"at": iso(a.at), "action": a.action, "target": a.target, "who": a.who, "detail": a.detail}
                for a in ledger.actions(limit=10)]
     return mask({"generated_at": iso(stamp), "queues": queues, "workers": workers,
@@ -259,10 +260,10 @@ def _post_filters(window: Any, filters: Filters, driving: str) -> list:
     return conditions
 
 
-def job_page(filters: Filters, before: str | None = None, limit: int = PAGE_SIZE) -> Page:
-    """One page of the jobs `filters` show, newest first, starting after cursor `before`."""
+def job_page(filters: Filters, secrets: list[str], before: str | None = None, limit: int = PAGE_SIZE) -> Page:
+    """One page of the jobs `filters` show, newest first, starting after cursor `before`; arguments masked (and
+    the literal `secrets`, helpers.masking.secret_values)."""
     limit = max(1, min(limit, MAX_PAGE_SIZE))
-    secrets = secret_values(config.get())
     if filters.q:
         rows, found_by = _by_id_or_key(filters.q)
         if found_by:
@@ -320,7 +321,7 @@ def matching_ids(filters: Filters, cap: int) -> tuple[list[str], bool]:
     ids: list[str] = []
     before = None
     while True:
-        page = job_page(filters, before, MAX_PAGE_SIZE)
+        page = job_page(filters, [], before, MAX_PAGE_SIZE)  # only the ids are read: nothing to mask
         ids.extend(job["id"] for job in page.jobs)
         if len(ids) >= cap:
             return ids[:cap], True
@@ -331,13 +332,13 @@ def matching_ids(filters: Filters, cap: int) -> tuple[list[str], bool]:
 
 # -- one job ---------------------------------------------------------------------------------------------------
 
-def job_detail(job_id: str) -> dict | None:
+def job_detail(job_id: str, secrets: list[str]) -> dict | None:
     """A job with its attempts on a timeline (offsets and widths in per cent of the job's life so far), where
-    its last traceback belongs, its progress, and the operator actions taken on it."""
+    its last traceback belongs, its progress, and the operator actions taken on it; masked (and `secrets`)."""
     job = ledger.get(job_id)
     if job is None:
         return None
-    data = job_dict(job, with_attempts=True)
+    data = job_dict(job, secrets, with_attempts=True)
     data["failed_attempt"] = last_failed_attempt(data["error"], data["attempts"])
     stamp = now()
     start = job.created_at
@@ -361,9 +362,9 @@ def job_detail(job_id: str) -> dict | None:
             progress["percent"] = round(min(max(done / total_ * 100, 0), 100), 1)
     data["actions"] = [{"at": iso(a.at), "action": a.action, "who": a.who, "detail": a.detail}
                        for a in ledger.actions(target=job.id, limit=50)]
-    return mask(data, secret_values(config.get()))
+    return mask(data, secrets)
 
 
-def schedule() -> list[dict]:
+def schedule(settings: config.Settings) -> list[dict]:
     """The periodic tasks with their cron, time zone, next run and last outcome (app.status)."""
-    return mask(status.schedule_rows(), secret_values(config.get()))
+    return mask(status.schedule_rows(settings.tick_seconds), secret_values(settings))

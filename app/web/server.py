@@ -26,12 +26,12 @@ def check_bind(bind: str, settings: config.Settings) -> None:
                       f"call will need it), or bind to 127.0.0.1")
 
 
-def make_server(bind: str, port: int, settings: config.Settings | None = None) -> Any:
-    """The console's server, listening but not yet serving (its .effective_port is the port it got)."""
+def make_server(bind: str, port: int, settings: config.Settings) -> Any:
+    """The console's server on `settings` (the entry point's: `nightshift web`), listening but not yet serving
+    (its .effective_port is the port it got)."""
     from waitress.server import create_server
 
     from app.web.app import create_app
-    settings = settings or config.get()
     check_bind(bind, settings)
     return create_server(create_app(settings), host=bind, port=port, threads=THREADS, ident="nightshift",
                          clear_untrusted_proxy_headers=True, channel_timeout=60)
@@ -41,7 +41,7 @@ def _stop(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def serve(bind: str, port: int, settings: config.Settings | None = None, on_ready: Any = None) -> None:
+def serve(bind: str, port: int, settings: config.Settings, on_ready: Any = None) -> None:
     """Serve until SIGTERM or Ctrl-C."""
     server = make_server(bind, port, settings)
     if on_ready is not None:
