@@ -15,6 +15,15 @@ from huey.storage import PriorityRedisExpireStorage
 ROOT = Path(__file__).resolve().parent.parent
 HUEY_MODULES = {"app.queue", "app.consumer"}  # the only modules allowed to touch Huey's private names
 LOCAL_APP_IMPORTS_ALLOWED = 5  # function-local app imports outside app/cli (to keep an optional dependency out)
+# The only modules that read the process's settings (config.get): the entry points. Everything below them is
+# passed the settings, or reads them from the object that travels (the Huey instance: huey.settings).
+SETTINGS_READERS = {
+    "app.cli.root": "the CLI: the group reads them once and hands them to every command (the click context)",
+    "app.queue": "get_huey: the Python API's boundary; task modules register on the process's Huey instance at "
+                 "import, and a program that only submits (app.submit, a direct task call) runs no entry point",
+    # Temporary: another change is moving the consumer's three reads to huey.settings; remove it then.
+    "app.consumer": "TEMPORARY: Keeper, Maintenance and TickScheduler still read them (3 calls)",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -146,3 +155,28 @@ def test_huey_private_names_only_in_the_two_pinned_modules():
             if isinstance(node, ast.Attribute) and node.attr in private and node.attr not in mine:
                 offenders.append(f"{name}:{node.lineno} .{node.attr}")
     assert offenders == []
+
+
+def settings_reads(tree: ast.AST) -> list[int]:
+    """Lines where a module reads the process's settings: `config.get` (under any name `config` is imported as)
+    or a `get` imported from config."""
+    modules = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+               for alias in node.names if alias.name == "config"}
+    lines = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "config"
+             and any(alias.name == "get" for alias in node.names)]
+    lines += [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr == "get"
+              and isinstance(node.value, ast.Name) and node.value.id in modules]
+    return sorted(lines)
+
+
+def test_settings_are_read_by_the_entry_points_only():
+    offenders = [f"{name}:{line} config.get" for name, path in modules().items() if name not in SETTINGS_READERS
+                 for line in settings_reads(ast.parse(path.read_text()))]
+    assert offenders == [], "pass the settings down (or read huey.settings) instead of calling config.get()"
+    assert set(SETTINGS_READERS) <= set(modules()), "a listed reader no longer exists: drop it from the list"
+
+
+def test_the_settings_check_finds_a_read():
+    found = settings_reads(ast.parse("import config as c\nfrom config import get\nx = c.get().queue\n"
+                                     "import os\ny = os.environ.get('A')\n"))
+    assert found == [2, 3]
