@@ -201,6 +201,23 @@ def test_every_page_renders_and_masks_secrets(env, client):
     assert client.get("/static/console.js").status == 200 and client.get("/static/../config.py").status == 404
 
 
+def test_a_consumer_of_several_queues_shows_each_of_its_queues(env, client, start_worker):
+    """A consumer serving two queues records them as one list ("mail,default"): the console names each queue, by
+    the rule cleanup and the metrics follow (status.every_queue), and lists the consumer once."""
+    queue = env["NIGHTSHIFT_QUEUE"]
+    mail = queue + "-mail"
+    worker = start_worker(NIGHTSHIFT_QUEUES=f"{mail}=1,{queue}=1")
+    wait_until(lambda: client.get("/api/overview").json()["workers"], 10, message="the consumer's heartbeat")
+    overview = client.get("/api/overview").json()
+    names = [q["name"] for q in overview["queues"]]
+    assert not [name for name in names if "," in name] and names.count(mail) == names.count(queue) == 1, names
+    served = overview["workers"][0]["queue"]  # the consumer's own list: the service's queue first
+    assert sorted(served.split(",")) == sorted([mail, queue]) and len(overview["workers"]) == 1, overview["workers"]
+    jobs = client.get("/jobs").text
+    assert re.search(rf"<option[^>]*>{re.escape(mail)}</option>", jobs) and served not in jobs
+    assert worker.alive()
+
+
 def test_job_list_pages_by_key_through_ties_and_filters(env, client, monkeypatch):
     from app import ledger
     from app.web import queries

@@ -27,7 +27,7 @@ import config
 from app import backlog, ledger, operations, pausing, status
 from app.db import database
 from app.jobview import iso, job_dict, last_failed_attempt
-from app.models import STATES, WAITING, Job, QueueState, WorkerBeat
+from app.models import STATES, WAITING, Job, QueueState
 from helpers.masking import bound, mask, secret_values
 
 PAGE_SIZE = 50
@@ -53,20 +53,10 @@ def now() -> datetime.datetime:
 # -- queues ----------------------------------------------------------------------------------------------------
 
 def queue_names(settings: config.Settings) -> list[str | None]:
-    """Every queue with jobs, consumers or a pause record, and the service's own (`settings`: NIGHTSHIFT_QUEUE),
-    without reading every job: a loose index scan (the next queue name after the last one, by the queue index),
-    then whether any job has no queue."""
-    table = Job._meta.table_name
-    rows = database.obj.execute_sql(
-        f'WITH RECURSIVE q(name) AS (SELECT MIN("queue") FROM "{table}" UNION ALL '
-        f'SELECT (SELECT MIN("queue") FROM "{table}" WHERE "queue" > q.name) FROM q WHERE q.name IS NOT NULL) '
-        f'SELECT name FROM q WHERE name IS NOT NULL').fetchall()
-    names: set[str | None] = {row[0] for row in rows}
-    names |= {row[0] for row in WorkerBeat.select(WorkerBeat.queue).distinct().tuples()}
-    names |= {row[0] for row in QueueState.select(QueueState.name).tuples()}
-    names.add(settings.queue)
-    if Job.select(Job.id).where(Job.queue.is_null()).limit(1).tuples().first():
-        names.add(None)
+    """Every queue the service knows, by the rule cleanup and the metrics follow (status.every_queue: its own
+    queues, and every queue with jobs or consumers, a consumer's served list split into its queues), and every
+    queue with a pause record."""
+    names = set(status.every_queue(settings)) | {row[0] for row in QueueState.select(QueueState.name).tuples()}
     return sorted(names, key=lambda name: (name is None, name or ""))
 
 
@@ -162,7 +152,9 @@ def overview(settings: config.Settings) -> dict:
             except Exception as exc:  # noqa: BLE001 - the ledger's figures still show when Redis is down
                 row["alerts_error"] = f"Redis: {type(exc).__name__}: {exc}"
         queues.append(row)
-    workers = [w for name in names if name is not None for w in status.workers(stamp, name, settings)]
+    # A consumer of several queues is listed once (status.workers finds it under each queue it serves).
+    workers = list({w["id"]: w for name in names if name is not None
+                    for w in status.workers(stamp, name, settings)}.values())
     actions = [{"at": iso(a.at), "action": a.action, "target": a.target, "who": a.who, "detail": a.detail}
                for a in ledger.actions(limit=10)]
     return mask({"generated_at": iso(stamp), "queues": queues, "workers": workers,
