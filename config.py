@@ -216,7 +216,7 @@ class Settings:
                                         "a worker (process or thread) is replaced after this many jobs (0: never)")
     max_memory_mb: int = setting("NIGHTSHIFT_MAX_MEMORY_MB", 0, _int(0),
                                  "a worker process over this resident memory (MB) is replaced after its job; with "
-                                 "thread workers the consumer restarts (0: never)")
+                                 "thread workers the consumer restarts in place while a relief takes jobs (0: never)")
     result_ttl: int = setting("NIGHTSHIFT_RESULT_TTL", 3600, _int(1), "seconds a stored result is kept")
     log_level: str = setting("NIGHTSHIFT_LOG_LEVEL", "info", _choice("debug", "info", "warning", "error"),
                              "log level")

@@ -10,6 +10,7 @@ import datetime
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import sys
@@ -20,7 +21,7 @@ import redis
 from huey.consumer import Consumer, ConsumerStopped, Scheduler, Worker, WorkerRecycle
 
 import config
-from app import canceling, clock, db, flow, identity, keys, leader, ledger, lifecycle, pausing, recovery
+from app import canceling, clock, db, flow, identity, keys, leader, ledger, lifecycle, pausing, recovery, relief
 from app.schedule import tick_start
 
 log = logging.getLogger("nightshift.worker")
@@ -136,34 +137,98 @@ def stop_keeper(reason: str = "stopped") -> None:
         log.warning("could not record that worker %s %s: %s", identity.WORKER_ID, reason, exc)
 
 
+class LeavingNotices:
+    """A pipe on which a worker says it leaves (its last job taken, or over the memory limit), so the consumer's
+    loop starts its replacement at once instead of noticing the exit at the next health check. A pipe reaches the
+    consumer from forked worker processes and from threads alike; both ends never block (a notice that does not
+    fit is dropped, and the health check replaces that worker after it exits, as Huey does)."""
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        self.partial = b""
+
+    def say(self, ident: int) -> None:
+        try:
+            os.write(self.write_fd, b"%d\n" % ident)  # shorter than PIPE_BUF: never interleaved with another
+        except OSError:
+            pass
+
+    def wait(self, timeout: float) -> None:
+        """Until a notice arrives or `timeout` passes (a signal ends the wait no later)."""
+        select.select([self.read_fd], [], [], timeout)
+
+    def read(self) -> list[int]:
+        """The idents (pid of a worker process, thread id of a worker thread) that said they leave."""
+        while True:
+            try:
+                chunk = os.read(self.read_fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            self.partial += chunk
+        *lines, self.partial = self.partial.split(b"\n")
+        return [int(line) for line in lines if line]
+
+
 class NightshiftWorker(Worker):
     """Huey's worker that takes no message while its queue is paused, and is recycled past
     NIGHTSHIFT_MAX_TASKS_PER_WORKER jobs (Huey's max_tasks) or NIGHTSHIFT_MAX_MEMORY_MB of resident memory.
 
-    A process worker over the memory limit leaves after its job and the consumer starts another (as for max
-    tasks); threads share their process's memory, so a thread worker over it asks the whole consumer to restart
-    (graceful, then exec: same pid, fresh memory)."""
-    recycled = False        # a process worker's own copy of the class: one per process
-    max_memory = 0          # bytes; set by the consumer
-    restart_consumer = None  # callable; set by the consumer of thread workers
+    A worker that leaves says so on the consumer's LeavingNotices as soon as it knows: on taking its last job
+    (max tasks), or after a job that left it over the memory limit; the consumer starts its replacement at once,
+    so the replacement takes work while the old one finishes. Threads share their process's memory, so thread
+    workers over the limit do not leave: they ask the consumer to restart (`release_memory`, app.relief)."""
+    recycled = False         # a process worker's own copy of the class: one per process
+    max_memory = 0           # bytes; set by the consumer
+    release_memory = None    # callable(rss); set by the consumer of thread workers
+    notices: LeavingNotices | None = None  # set by the consumer
+    forked = False           # process workers: a worker is known to the consumer by its pid, else its thread id
 
     def loop(self, now=None) -> None:
+        """Huey's Worker.loop (take a message, run it, count it), plus the pause, the early notice and the
+        memory limit."""
         if pausing.is_paused(self.huey):
             self.stop_flag.wait(pausing.CHECK_SECONDS)
             return
-        done = self.task_count
         try:
-            super().loop(now)
-        except WorkerRecycle:
+            task = self.huey.dequeue()
+        except Exception:  # noqa: BLE001 - as Huey's loop: Redis away, try again after a pause
+            log.exception("could not read from queue %r", self.huey.name)
+            self.sleep()
+            return
+        if task is None:
+            if not self.huey.storage.blocking:
+                self.sleep()
+            return
+        self.delay = self.default_delay
+        self.task_count += 1
+        leaving = bool(self.max_tasks) and self.task_count >= self.max_tasks
+        if leaving:
+            self.say_leaving()  # the replacement starts while this last job runs
+        try:
+            self.huey.execute(task, now)
+        except Exception:  # noqa: BLE001 - as Huey's loop: the hooks recorded the outcome
+            log.exception("unhandled error while running task %s", task.id)
+        if self.max_memory and (rss := rss_bytes()) > self.max_memory:
+            if NightshiftWorker.release_memory is not None:
+                NightshiftWorker.release_memory(rss)
+            elif not leaving:
+                log.warning("worker %s uses %d MB, over NIGHTSHIFT_MAX_MEMORY_MB=%d: recycling it",
+                            identity.WORKER_ID, rss // 2**20, self.max_memory // 2**20)
+                self.say_leaving()
+                leaving = True
+        if leaving:
             NightshiftWorker.recycled = True
-            raise
-        if self.max_memory and self.task_count > done and (rss := rss_bytes()) > self.max_memory:
-            log.warning("worker %s uses %d MB, over NIGHTSHIFT_MAX_MEMORY_MB=%d: recycling it", identity.WORKER_ID,
-                        rss // 2**20, self.max_memory // 2**20)
-            if NightshiftWorker.restart_consumer is None:
-                NightshiftWorker.recycled = True
-                raise WorkerRecycle()
-            NightshiftWorker.restart_consumer()
+            log.info("worker %s %s is recycled after %d job(s)", identity.WORKER_ID,
+                     "process" if self.forked else threading.current_thread().name, self.task_count)
+            raise WorkerRecycle()
+
+    def say_leaving(self) -> None:
+        if NightshiftWorker.notices is not None:
+            NightshiftWorker.notices.say(os.getpid() if self.forked else threading.get_ident())
 
 
 _consumer_pid: int | None = None  # set in a consumer of process workers: its own children die with it
@@ -308,11 +373,12 @@ class NightshiftConsumer(Consumer):
     # Periodic tasks: one consumer per tick enqueues them, however many consumers run (app.schedule).
     scheduler_class = TickScheduler
     worker_class = NightshiftWorker
+    NOTICE_SECONDS = 0.1  # the loop's extra wait, cut short by a worker's notice (Huey's own wait is 0.1 s too)
 
     def __init__(self, huey, max_memory_mb: int = 0, others: list | tuple = (), **options) -> None:
         options.setdefault("graceful_signal", "TERM")
-        # A recycled or dead process worker is replaced within this many seconds (Huey's default is 10 s, during
-        # which its share of the queue waits); the check is a few is_alive() calls.
+        # A dead worker is replaced within this many seconds (Huey's default is 10 s, during which its share of
+        # the queue waits); the check is a few is_alive() calls. A recycled one is replaced at its notice.
         options.setdefault("health_check_interval", 0.25)
         super().__init__(huey, **options)
         if others and self.environment.forks:
@@ -336,8 +402,15 @@ class NightshiftConsumer(Consumer):
         for served in hueys:
             served.on_startup("nightshift_keeper")(lambda: start_keeper(hueys))
         NightshiftWorker.max_memory = max_memory_mb * 2**20
+        self.notices = LeavingNotices()
+        self.leaving: set = set()  # worker processes or threads that said they leave, replaced already
+        NightshiftWorker.notices, NightshiftWorker.forked = self.notices, self.environment.forks
+        self.over_memory = False   # thread workers: this process is over NIGHTSHIFT_MAX_MEMORY_MB
+        self.relief: relief.Relief | None = None
         if not self.environment.forks:
-            NightshiftWorker.restart_consumer = self.restart_to_release_memory
+            NightshiftWorker.release_memory = self.release_memory
+        if relief.parent_pid() is not None:  # a relief dies with the consumer it relieves
+            die_with_parent(relief.parent_pid())
         if self.environment.forks:
             arm_children_to_die_with(os.getpid())
             # Each worker process has a keeper of its own; its goodbye says whether it was recycled.
@@ -351,11 +424,46 @@ class NightshiftConsumer(Consumer):
     def _schedule_mover(self, huey) -> Scheduler:
         return Scheduler(huey, self.stop_flag, self.scheduler_interval, periodic=False)
 
+    def loop(self, health_check_ts=None):
+        """Huey's loop (signals, stop flag, health check every 0.25 s), after waiting up to NOTICE_SECONDS for a
+        worker's notice that it leaves (its replacement starts the moment it arrives); and the memory handover of
+        thread workers."""
+        self.notices.wait(self.NOTICE_SECONDS)
+        self.replace_leaving_workers()
+        health_check_ts = super().loop(health_check_ts)
+        self.hand_over_to_release_memory()
+        return health_check_ts
+
+    def replace_leaving_workers(self) -> None:
+        """Start a replacement for each worker that said it leaves, at once: it takes work while the old one
+        runs its last job and says goodbye. The old one stays listed (a graceful stop waits for it) until the
+        health check sees it gone."""
+        leaving = self.notices.read()
+        if self._signum is not None or self.stop_flag.is_set():
+            return  # stopping: no replacement; the graceful stop waits for the ones that leave
+        for ident in leaving:
+            for worker, process in list(self.worker_threads):
+                if getattr(process, "ident", None) == ident and isinstance(worker, NightshiftWorker) \
+                        and process not in self.leaving:
+                    self.leaving.add(process)
+                    replacement = self._worker_for(worker.huey)
+                    started = self._create_process(replacement, process.name)
+                    started.start()
+                    self.worker_threads.append((replacement, started))
+                    break
+
     def check_worker_health(self) -> bool:
-        """Huey's health check, except a dead worker is replaced by one of the same queue."""
+        """Huey's health check (dead workers and scheduler replaced), except a dead worker is replaced by one of
+        the same queue, and one that left as it said it would is only removed (its replacement runs already)."""
+        self.replace_leaving_workers()
         restarted = False
+        kept = []
         for index, (worker, process) in enumerate(self.worker_threads):
-            if not self.environment.is_alive(process):
+            if self.environment.is_alive(process):
+                kept.append((worker, process))
+            elif process in self.leaving:
+                self.leaving.discard(process)
+            else:
                 log.warning("%s %d of queue %r died, restarting it", type(worker).__name__, index + 1,
                             worker.huey.name)
                 worker = (self._schedule_mover(worker.huey) if isinstance(worker, Scheduler)
@@ -363,9 +471,19 @@ class NightshiftConsumer(Consumer):
                 kind = "Scheduler" if isinstance(worker, Scheduler) else "Worker"
                 process = self._create_process(worker, f"{kind}-{worker.huey.name}-{index + 1}")
                 process.start()
-                self.worker_threads[index] = (worker, process)
+                kept.append((worker, process))
                 restarted = True
-        return super().check_worker_health() and not restarted  # (all workers alive now: the scheduler's check)
+        self.worker_threads = kept
+        # Huey's own check would also see a worker that left since (and replace it with one of the service's
+        # queue, whatever its queue): only its scheduler check, then.
+        if not self.environment.is_alive(self.scheduler):
+            log.warning("the scheduler died, restarting it")
+            self.scheduler = self._create_process(self.scheduler_class(
+                huey=self.huey, stop_flag=self.stop_flag, interval=self.scheduler_interval, periodic=self.periodic),
+                "Scheduler")
+            self.scheduler.start()
+            restarted = True
+        return not restarted
 
     def start(self) -> None:
         for huey, _ in self.served:
@@ -377,6 +495,9 @@ class NightshiftConsumer(Consumer):
         self.maintenance.start()
         log.info("consumer %s started: %s %s worker(s)", identity.WORKER_ID,
                  ", ".join(f"{n} on queue {h.name!r}" for h, n in self.served) or "no", self.worker_type)
+        relief.say_ready()  # in a relief: its consumer may drain now
+        for pid in relief.let_go_inherited():  # after a memory restart: this image takes jobs, the relief may go
+            log.info("consumer %s took over: let its relief (pid %d) go", identity.WORKER_ID, pid)
 
     def stop(self, graceful: bool = False) -> None:
         if graceful:  # said at once: Huey's own lines come only when the wait is over
@@ -385,11 +506,43 @@ class NightshiftConsumer(Consumer):
             log.info("stopping: waiting up to %gs for %s", self.shutdown_timeout or 0, jobs)
         super().stop(graceful)
 
-    def restart_to_release_memory(self) -> None:
-        """Drain and start again in a fresh process image (Huey's restart: the SIGHUP path)."""
-        if self._signum is None:
-            self._signum = signal.SIGHUP if hasattr(signal, "SIGHUP") else signal.SIGTERM
-            self._restart, self._graceful = True, True
+    def release_memory(self, rss: int) -> None:
+        """A thread worker's job left this process over NIGHTSHIFT_MAX_MEMORY_MB (from that worker's thread): the
+        consumer's loop hands over to a relief and restarts (app.relief). A relief over the limit just stops."""
+        if self.over_memory:
+            return
+        self.over_memory = True
+        log.warning("consumer %s uses %d MB, over NIGHTSHIFT_MAX_MEMORY_MB=%d: %s", identity.WORKER_ID,
+                    rss // 2**20, NightshiftWorker.max_memory // 2**20,
+                    "this relief stops" if relief.parent_pid() is not None else
+                    "starting a relief, then restarting in a fresh process image")
+
+    def hand_over_to_release_memory(self) -> None:
+        """From the consumer's loop (the main thread: the relief's parent-death signal follows the thread that
+        forked it): start a relief, keep working until it takes jobs, then drain and restart (Huey's restart: the
+        SIGHUP path, exec in run()). Without a relief that starts, restart alone: jobs wait for the restart."""
+        if not self.over_memory or self._signum is not None:
+            return
+        if relief.parent_pid() is not None:  # its goodbye says recycled (run)
+            self._signum, self._restart, self._graceful = signal.SIGTERM, False, True
+            return
+        if self.relief is None:
+            try:
+                self.relief = relief.Relief()
+            except OSError as exc:
+                log.warning("could not start a relief consumer (%s): restarting without one", exc)
+            else:
+                log.info("consumer %s started relief consumer pid %d", identity.WORKER_ID, self.relief.pid)
+                return
+        elif (ready := self.relief.ready()) is None:
+            return
+        elif ready:
+            log.info("relief consumer pid %d takes jobs: consumer %s drains and restarts", self.relief.pid,
+                     identity.WORKER_ID)
+        else:
+            log.warning("relief consumer pid %d did not start: restarting without one", self.relief.pid)
+        self._signum = signal.SIGHUP if hasattr(signal, "SIGHUP") else signal.SIGTERM
+        self._restart, self._graceful = True, True
 
     def run(self) -> None:
         """Huey's Consumer.run, with the goodbye beat written before a restart's exec (which never returns)."""
@@ -404,7 +557,11 @@ class NightshiftConsumer(Consumer):
             self.huey.notify_interrupted_tasks()
         finally:
             self.maintenance.stop_event.set()
-            stop_keeper("recycled" if self._restart else "stopped")
+            recycled = self._restart or (self.over_memory and relief.parent_pid() is not None)
+            stop_keeper("recycled" if recycled else "stopped")
+            if not self._restart:  # KillMode=mixed and `docker stop` signal only this process
+                relief.stop_all(self.shutdown_timeout or 30.0)
             log.info("consumer %s %s", identity.WORKER_ID, "restarts" if self._restart else "stopped")
         if self._restart:
-            os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+            relief.hand_on()
+            os.execv(sys.executable, relief.command())
