@@ -20,7 +20,6 @@ import time
 import redis
 from huey.consumer import Consumer, ConsumerStopped, Scheduler, Worker, WorkerRecycle
 
-import config
 from app import canceling, clock, db, flow, identity, keys, leader, ledger, lifecycle, pausing, recovery, relief
 from app.schedule import tick_start
 
@@ -54,7 +53,7 @@ class Keeper(threading.Thread):
         self.started_at = ledger.now()
 
     def run(self) -> None:
-        settings = config.get()
+        settings = self.huey.settings
         next_beat = next_sync = 0.0
         outage = db.Outage("keeper", on_end=lambda: [recovery.hold_leases(h) for h in self.hueys])
         while not self.stop_event.is_set():
@@ -289,7 +288,7 @@ class Maintenance(threading.Thread):
         self.stop_event = threading.Event()
 
     def run(self) -> None:
-        interval = config.get().recovery_interval
+        interval = self.hueys[0].settings.recovery_interval
         outage = db.Outage("recovery", on_end=lambda: [recovery.hold_leases(h) for h in self.hueys])
         while not self.stop_event.is_set():
             try:
@@ -326,7 +325,7 @@ class TickScheduler(Scheduler):
 
     def __init__(self, huey, stop_flag, interval, periodic) -> None:
         super().__init__(huey, stop_flag, interval, periodic)
-        self.tick = config.get().tick_seconds
+        self.tick = huey.settings.tick_seconds
         self.periodic_task_seconds = self.tick
         # Huey would check at start-up and then every tick measured from start-up; a check per wall-clock
         # tick makes all consumers compete for the same key.

@@ -21,8 +21,6 @@ SETTINGS_READERS = {
     "app.cli.root": "the CLI: the group reads them once and hands them to every command (the click context)",
     "app.queue": "get_huey: the Python API's boundary; task modules register on the process's Huey instance at "
                  "import, and a program that only submits (app.submit, a direct task call) runs no entry point",
-    # Temporary: another change is moving the consumer's three reads to huey.settings; remove it then.
-    "app.consumer": "TEMPORARY: Keeper, Maintenance and TickScheduler still read them (3 calls)",
 }
 
 
