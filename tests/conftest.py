@@ -5,7 +5,10 @@ its own ledger: a SQLite file, or with NIGHTSHIFT_TEST_DATABASE=postgres a fresh
 """
 from __future__ import annotations
 
+import datetime
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -196,13 +199,17 @@ def cli(env: Env, *args: str, input: str | None = None, timeout: float = 60, **o
                           capture_output=True, text=True, input=input, timeout=timeout)
 
 
+RECOVERY_PASS = re.compile(r"recovery of queue .*: .* in (\d+\.\d+) s\Z")  # app.recovery.recover, at debug
+
+
 class Worker:
     """`nightshift worker` as a real process, its log in a file."""
 
     def __init__(self, env: Env, name: str, overrides: dict) -> None:
         self.log_path = env.tmp / f"{name}.log"
         self.log_file = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=env.full(**overrides),
+        self.environ = env.full(**overrides)
+        self.proc = subprocess.Popen([sys.executable, "-m", "app", "worker"], env=self.environ,
                                      cwd=env.tmp, stdout=self.log_file, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
 
@@ -214,6 +221,31 @@ class Worker:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def recovery_passes(self, since: float = 0.0) -> int:
+        """Recovery passes of this consumer that began at or after `since` (a time.time()), by the line that
+        app.recovery logs at debug at the end of every pass, with how long the pass took."""
+        passes = 0
+        for line in self.log().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("logger") == "nightshift.recovery" and (took := RECOVERY_PASS.match(record["message"])):
+                ended = datetime.datetime.fromisoformat(record["ts"]).timestamp()
+                passes += ended - float(took[1]) - 0.001 >= since  # its stamp is cut to milliseconds
+        return passes
+
+    def wait_recovery_passes(self, n: int, since: float | None = None, timeout: float = 20) -> None:
+        """Wait until this consumer ran `n` whole recovery passes that began after `since` (default: now), so a
+        check that recovery left something alone rests on recovery having run, not on a fixed sleep. One pass
+        reads the ledger and Redis and acts on all it finds. Needs the worker started with
+        NIGHTSHIFT_LOG_LEVEL=debug (and the tests' NIGHTSHIFT_LOG_FORMAT=json)."""
+        assert self.environ.get("NIGHTSHIFT_LOG_LEVEL") == "debug", "start the worker with NIGHTSHIFT_LOG_LEVEL=debug"
+        since = time.time() if since is None else since
+        wait_until(lambda: self.recovery_passes(since) >= n or not self.alive(), timeout,
+                   message=f"{n} recovery passes of {self.log_path.name}")
+        assert self.alive(), f"worker exited:\n{self.log()[-3000:]}"
 
     def signal(self, signum: int) -> None:
         if self.proc.poll() is None:

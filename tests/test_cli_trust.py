@@ -274,8 +274,7 @@ def test_status_shows_a_running_job_before_the_next_heartbeat(env, start_worker)
     from app import submit
     from app.models import WorkerBeat
     start_worker(NIGHTSHIFT_HEARTBEAT_SECONDS=60)
-    wait_until(lambda: WorkerBeat.select().count() == 1, 10, message="first heartbeat")
-    time.sleep(0.5)  # the first heartbeat is written; the next is 60 s away
+    wait_until(lambda: WorkerBeat.select().count() == 1, 10, message="first heartbeat")  # the next is 60 s away
     job_id = submit("sleep_for", seconds=6)
     wait_until(lambda: row(job_id).state == "running", 10, message="running")
 
@@ -283,6 +282,7 @@ def test_status_shows_a_running_job_before_the_next_heartbeat(env, start_worker)
         data = json.loads(cli(env, "status", "--json").stdout)
         return [job["id"] for w in data["workers"] for job in w["current"]]
     assert wait_until(lambda: job_id in current(), 3, message="CURRENT shows the job")
+    assert json.loads(WorkerBeat.get().current) == []  # not from a heartbeat: the only one was before the job
 
 
 def test_sigterm_is_logged_at_once(env, start_worker):
@@ -306,6 +306,18 @@ def test_recovery_summary_is_readable_text(env, monkeypatch, caplog):
         recovery.recover(get_huey())
     [line] = [r.getMessage() for r in caplog.records if r.name == "nightshift.recovery"]
     assert line == "recovery: sent 1 waiting job(s) again (missing from Redis)", line
+
+
+def test_every_recovery_pass_ends_with_a_debug_line(env, caplog):
+    """Whether recovery runs at all, and how long a pass takes; the tests' negative checks wait on it too."""
+    import logging
+
+    from app import recovery
+    from app.queue import get_huey
+    with caplog.at_level(logging.DEBUG, logger="nightshift.recovery"):
+        recovery.recover(get_huey())
+    [line] = [r.getMessage() for r in caplog.records if r.name == "nightshift.recovery"]
+    assert re.fullmatch(rf"recovery of queue '{env['NIGHTSHIFT_QUEUE']}': nothing to do in \d+\.\d{{3}} s", line), line
 
 
 def test_periodic_jobs_log_submitted_before_started(env, start_worker, monkeypatch):

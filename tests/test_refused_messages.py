@@ -2,8 +2,6 @@
 sends it again, so it never runs by another path (issue 10, item 12; issue 11, item 7)."""
 from __future__ import annotations
 
-import time
-
 from conftest import wait_until
 
 
@@ -13,15 +11,15 @@ def dead_rows():
 
 
 def test_unknown_task_gives_one_dead_entry_and_recovery_never_adds_another(env, start_worker, monkeypatch):
-    env.set(monkeypatch, NIGHTSHIFT_RECOVERY_GRACE=0)
+    env.set(monkeypatch, NIGHTSHIFT_RECOVERY_GRACE=0, NIGHTSHIFT_LOG_LEVEL="debug")
     from app import ledger, recovery, submit
     from app.queue import get_huey
     job_id = submit("add", a=1)  # this process knows `add`; the consumer below does not
     worker = start_worker(NIGHTSHIFT_TASK_MODULES="tasks")
     wait_until(lambda: ledger.state_of(job_id) == "dead", 15, message="the job is dead")
-    for _ in range(3):  # recovery here knows the task, and the worker's own runs every second with grace 0
+    for _ in range(3):  # recovery here knows the task
         assert recovery.recover(get_huey()).resent == 0
-        time.sleep(1)
+    worker.wait_recovery_passes(1)  # and the worker's own, with grace 0
     rows = dead_rows()
     assert [row.id for row in rows] == [job_id], [(row.id, row.task, row.reason) for row in rows]
     job = rows[0]
@@ -31,7 +29,8 @@ def test_unknown_task_gives_one_dead_entry_and_recovery_never_adds_another(env, 
 
 
 def test_a_message_signed_with_another_key_never_runs(env, start_worker, monkeypatch, tmp_path):
-    env.set(monkeypatch, NIGHTSHIFT_SIGNING_KEY="the-consumers-key", NIGHTSHIFT_RECOVERY_GRACE=0)
+    env.set(monkeypatch, NIGHTSHIFT_SIGNING_KEY="the-consumers-key", NIGHTSHIFT_RECOVERY_GRACE=0,
+            NIGHTSHIFT_LOG_LEVEL="debug")
     from app import ledger, producer
     from app.codec import JSONCodec
     from app.queue import get_huey
@@ -44,7 +43,7 @@ def test_a_message_signed_with_another_key_never_runs(env, start_worker, monkeyp
     huey.storage.conn.zadd(huey.storage.queue_key, {b"\0" * 8 + data: 0})
     worker = start_worker()
     wait_until(lambda: ledger.state_of(task.id) == "dead", 15, message="the job is dead")
-    time.sleep(4)  # several recovery intervals (1 s, grace 0)
+    worker.wait_recovery_passes(1)  # a whole pass of recovery with grace 0 after it went dead
     rows = dead_rows()
     assert [row.id for row in rows] == [task.id], [(row.id, row.task, row.reason) for row in rows]
     assert "signature does not match" in rows[0].reason and "not sent again" in rows[0].reason

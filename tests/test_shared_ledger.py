@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from conftest import cli, wait_until
 
@@ -17,14 +16,15 @@ def test_two_services_on_one_ledger_do_not_touch_each_others_jobs(env, start_wor
     queue_a = env["NIGHTSHIFT_QUEUE"]
     queue_b = queue_a + "b"
     b = {"NIGHTSHIFT_QUEUE": queue_b, "NIGHTSHIFT_TASK_MODULES": "tasks"}  # B does not know sample_tasks
+    b_debug = {**b, "NIGHTSHIFT_LOG_LEVEL": "debug"}  # its log shows every recovery pass
     # A's jobs wait (A's consumer is not started yet): some of a task only A knows, some of one both know.
     only_a = [submit("record_effect", directory=str(tmp_path)) for _ in range(10)]
     both = [submit("count_primes", limit=100) for _ in range(10)]
     gives_up = submit("gives_up")
-    worker_b = start_worker("b", **b)
+    worker_b = start_worker("b", **b_debug)
     b_job = cli(env, "submit", "count_primes", "--arg", "limit=50", **b).stdout.strip()
     wait_until(lambda: ledger.state_of(b_job) == "succeeded", 15, message="B runs its own job")
-    time.sleep(3)  # B's recovery runs every 0.5 s with no grace
+    worker_b.wait_recovery_passes(1)  # a whole pass of B's recovery, with no grace, while A's jobs wait
 
     assert all(ledger.state_of(job_id) == "queued" for job_id in only_a + both + [gives_up]), \
         [(j.task, j.state, j.reason) for j in Job.select().where(Job.id.in_(only_a + both), Job.state != "queued")]

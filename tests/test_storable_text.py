@@ -55,13 +55,13 @@ def test_an_outcome_the_database_refuses_ends_the_job_dead_and_never_runs_it_aga
     """The database answers but refuses the write of an attempt's outcome (here a trigger; in life a constraint
     or a value it cannot take): the job ends dead saying so, once, instead of losing its lease and running
     again until it is dead of lost leases with the real story gone."""
-    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=1, NIGHTSHIFT_RECOVERY_INTERVAL=0.5)
+    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=1, NIGHTSHIFT_RECOVERY_INTERVAL=0.5, NIGHTSHIFT_LOG_LEVEL="debug")
     from app import ledger, submit
     job_id = submit(task, directory=str(tmp_path), **options)
     refuse_updates_to(refused, when)
     worker = start_worker()
     wait_until(lambda: ledger.state_of(job_id) == "dead", 20, message=f"the job goes dead:\n{worker.log()[-3000:]}")
-    time.sleep(3)  # past the lease and a few recovery runs: nothing runs it again
+    worker.wait_recovery_passes(1, since=time.time() + 1)  # past the lease (1 s): nothing runs it again
     job = ledger.get(job_id)
     assert job.reason.startswith("outcome could not be recorded: "), (job.reason, worker.log()[-3000:])
     assert "refused by the test trigger" in job.reason and f"(the attempt {outcome})" in job.reason, job.reason
