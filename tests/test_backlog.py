@@ -5,6 +5,8 @@ import datetime
 import re
 import uuid
 
+import pytest
+
 from conftest import wait_until
 
 try:  # the Sentry stub of the monitoring tests, when present
@@ -16,6 +18,7 @@ OPENED = re.compile(r"backlog alert (\w+) on queue \S+: ")
 CLEARED = re.compile(r"backlog alert (\w+) on queue \S+ cleared")
 
 
+@pytest.mark.slow
 def test_queue_depth_alert_fires_once_and_clears_once_across_two_consumers(env, start_worker, monkeypatch):
     from app import keys, submit_many
     from app.models import Job

@@ -135,6 +135,7 @@ def log_summary(paths) -> str:
 
 
 @pytest.mark.chaos
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", list(FAULTS))
 @pytest.mark.parametrize("worker_type", ["thread", "process"])
 def test_chaos(worker_type, fault, env, private_redis, start_worker, monkeypatch, request):

@@ -190,6 +190,7 @@ def run_cleanup(env, *args: str) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow
 def test_cleanup_removes_exactly_the_dead_things_and_dry_run_changes_nothing(env, ledger_db):
     queue = env["NIGHTSHIFT_QUEUE"]
     s = seed(queue)

@@ -4,9 +4,13 @@ from __future__ import annotations
 import random
 import time
 
+import pytest
+
 import faults
 from conftest import wait_until
 from test_reliability import inject_poison
+
+pytestmark = pytest.mark.slow  # 300 jobs through three SIGKILLs and a Redis restart: about 17 s
 
 
 def test_every_accepted_job_succeeds_exactly_once_through_faults(env, private_redis, start_worker, tmp_path,

@@ -8,7 +8,11 @@ import signal
 import time
 from collections import Counter
 
+import pytest
+
 from conftest import cli, wait_until
+
+pytestmark = pytest.mark.slow  # each waits on real ticks: 15-25 s
 
 TICK = 2
 WON = re.compile(r"periodic tick (\d+) won by (\S+?): enqueued (\d+)")

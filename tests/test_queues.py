@@ -154,6 +154,7 @@ def test_process_workers_refuse_several_queues(env, queues):
     assert out.returncode == 2 and "--queues" in out.stderr, out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("consumers", [1, 2])
 def test_periodic_task_on_a_named_queue_once_per_tick(env, queues, start_worker, monkeypatch, consumers):
     env.set(monkeypatch, NIGHTSHIFT_TICK_SECONDS=TICK)
@@ -198,6 +199,7 @@ def test_cleanup_acts_on_every_queue_and_frees_gone_holders_locks(env, queues, s
     """The results of a second queue's jobs past retention, and the locks of consumers SIGKILLed while holding them
     (one in the service's queue, held by a consumer of the mail queue alone; one in another service's queue),
     go in the default cleanup; a live holder's lock stays, even though its holder serves another queue."""
+    import config
     from app import ledger, submit
     from app.models import Job
     from app.queue import get_huey
@@ -214,7 +216,10 @@ def test_cleanup_acts_on_every_queue_and_frees_gone_holders_locks(env, queues, s
     wait_until(lambda: all(conn.exists(key) for key in lock_keys), 15, message="both locks taken")
 
     # Older than ledger.gone_after (1.5 s here), held by a live consumer of the mail queue alone: kept.
-    time.sleep(2)
+    def age(key: str) -> float:  # by the time its holder recorded in the lock, which cleanup goes by
+        return time.time() - get_huey().serializer.deserialize(conn.get(key))["since"]
+    wait_until(lambda: all(age(key) > ledger.gone_after(config.get()) for key in lock_keys), 10,
+               message="both locks older than gone_after")
     kept = cleanup_report(env)
     assert kept["locks"] == 0 and all(conn.exists(key) for key in lock_keys), kept
     assert set(kept["queues"]) >= {default, mail, slow} and kept["every_queue"] is True

@@ -1,7 +1,11 @@
 """Recovery reads the queue while workers drain it, and never takes a healthy backlog for lost (issue 10, item 9)."""
 from __future__ import annotations
 
+import pytest
+
 from conftest import wait_until
+
+pytestmark = pytest.mark.slow  # a backlog of 20,000 jobs drained: about 20 s
 
 BACKLOG = 20_000
 

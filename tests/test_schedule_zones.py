@@ -89,6 +89,7 @@ def test_an_unknown_zone_fails_where_the_task_is_declared(monkeypatch):
         config.reload()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("start, tick_local, runs_then", [
     ("2026-03-29 00:59:52", "2026-03-29 03:00 CEST", True),   # 02:30 never comes: the job runs at 03:00
     ("2026-10-25 00:29:52", "2026-10-25 02:30 CEST", True),   # the first 02:30

@@ -87,6 +87,7 @@ def seed_history(hours: int = 12) -> None:
                    reason="failed on attempt 3" if dead else None).where(Job.id == row["id"]).execute()
 
 
+@pytest.mark.slow
 def test_pages_retry_and_pause_in_a_real_browser(env, browser, tmp_path, start_worker, monkeypatch):
     from app import ledger, pausing
     queue = env["NIGHTSHIFT_QUEUE"]
