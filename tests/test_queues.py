@@ -136,13 +136,16 @@ def test_a_job_on_a_named_queue_is_recovered_after_sigkill(env, queues, start_wo
     from app import submit
     first = start_worker("first", NIGHTSHIFT_QUEUES=f"{queues['default']}=1,{queues['mail']}=1")
     job_id = submit("record_effect", directory=str(env.tmp), seconds=2, queue=queues["mail"])
-    wait_until(lambda: state(job_id) == "running", 10, message="the job started")
+    runs_log = env.tmp / "runs.log"
+    # Claimed ("running") comes a moment before the task's first line: killed between them, attempt 1 never ran.
+    wait_until(lambda: state(job_id) == "running" and runs_log.exists()
+               and f"{job_id} 1 start" in runs_log.read_text(), 10, message="the job started")
     first.kill()
     start_worker("second", NIGHTSHIFT_QUEUES=f"{queues['mail']}=1,{queues['default']}=1")
     wait_until(lambda: state(job_id) == "succeeded", 30, message="the job recovered and done")
     job = jobs(id=job_id)[0]
     assert job.attempt == 2 and job.queue == queues["mail"]
-    runs = (env.tmp / "runs.log").read_text().split("\n")
+    runs = runs_log.read_text().split("\n")
     assert [line.split()[1] for line in runs if line.endswith("start")] == ["1", "2"]
 
 
