@@ -85,6 +85,11 @@ def dumps(value: Any) -> bytes:
     return _ENCODER.encode(value).encode()
 
 
+def dumps_text(value: Any) -> str:
+    """`dumps` as text: how a value appears inside a message (bulk submits splice arguments into messages)."""
+    return _ENCODER.encode(value)
+
+
 def loads(data: bytes) -> Any:
     return json.loads(data, object_hook=_hook)
 
@@ -130,9 +135,12 @@ class JSONCodec(Serializer):
             raise BadSignature("message signature does not match NIGHTSHIFT_SIGNING_KEY")
         return payload
 
-    def serialize(self, data: Any) -> bytes:
-        payload = dumps(data)
+    def seal(self, payload: bytes) -> bytes:
+        """A JSON payload as it goes on the wire: signed when this codec has a key."""
         return self.sign(payload) if self._key else payload
+
+    def serialize(self, data: Any) -> bytes:
+        return self.seal(dumps(data))
 
     def deserialize(self, data: bytes) -> Any:
         payload = self.unsign(bytes(data))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import itertools
 import json
 import operator
 import uuid
@@ -88,35 +89,56 @@ def _run(template: str, params: tuple | list):
     return db.execute_sql(sql, params)
 
 
-def _insert_template(rows: int) -> str:
-    one = "(" + ", ".join(["{p}"] * len(JOB_FIELDS)) + ")"
-    columns = ", ".join(f'"{field.column_name}"' for field in JOB_FIELDS)
-    return f'INSERT INTO "{JOB_TABLE}" ({columns}) VALUES ' + ", ".join([one] * rows)
+@functools.lru_cache(maxsize=64)
+def _insert_template(columns: tuple[str, ...], rows: int) -> str:
+    one = "(" + ", ".join(["{p}"] * len(columns)) + ")"
+    names = ", ".join(f'"{column}"' for column in columns)
+    return f'INSERT INTO "{JOB_TABLE}" ({names}) VALUES ' + ", ".join([one] * rows)
+
+
+_DEFAULTS = {field.name: None if field.default is None or callable(field.default) else field.default
+             for field in JOB_FIELDS}
+_COLUMNS = {field.name: field.column_name for field in JOB_FIELDS}
 
 
 # -- producer side ---------------------------------------------------------------------------------------------
 
-def insert_jobs(rows: list[dict], queue: str) -> None:
-    """Record new jobs of `queue` as queued, in one transaction. Columns a row leaves out take the model's
-    default."""
+def insert_jobs(rows: list[dict], queue: str, common: dict | None = None) -> None:
+    """Record new jobs of `queue` as queued, in one transaction. `common` holds values every row shares (a bulk
+    submit's rows carry only what differs); columns neither gives take the model's default.
+
+    Built for bulk submits, where this is most of the CPU per job: one dict merge and one itemgetter per row, and
+    columns that are NULL in every row are left out of the INSERT (they are NULL all the same; binding them cost
+    a third of SQLite's time)."""
+    if not rows:
+        return
     stamp = now()
+    fields = dict(_DEFAULTS, state=State.QUEUED, created_at=stamp, updated_at=stamp, queue=queue)
+    if common:
+        fields.update(common)
+    if "task" in fields:
+        fields["task"] = storable(fields["task"], TASK_LENGTH)
+    given = set().union(*rows)
+    names = tuple(name for name in _DEFAULTS if name in given or fields[name] is not None)
+    pick = operator.itemgetter(*names)
+    tasks: dict[Any, str | None] = {}  # each row's task name as storable text, worked out once per name
+    values = []
     for row in rows:
-        row["task"] = storable(row["task"], TASK_LENGTH)
-    defaults = {"state": State.QUEUED, "created_at": stamp, "updated_at": stamp, "queue": queue}
-    for field in JOB_FIELDS:
-        if field.default is not None and not callable(field.default):
-            defaults.setdefault(field.name, field.default)
-    names = [field.name for field in JOB_FIELDS]
+        full = {**fields, **row}
+        if "task" in row:
+            name = row["task"]
+            full["task"] = tasks[name] if name in tasks else tasks.setdefault(name, storable(name, TASK_LENGTH))
+        values.append(pick(full))
+    columns = tuple(_COLUMNS[name] for name in names)
 
-    def insert(chunk: list[dict]) -> None:
-        _run(_insert_template(len(chunk)),
-             [row[name] if name in row else defaults.get(name) for row in chunk for name in names])
+    def insert(chunk: list[tuple]) -> None:
+        _run(_insert_template(columns, len(chunk)), list(itertools.chain.from_iterable(chunk)))
 
-    if len(rows) <= BATCH:  # one statement is atomic on its own
-        return insert(rows)
+    if len(values) <= BATCH:  # one statement is atomic on its own
+        return insert(values)
     with database.atomic():
-        for start in range(0, len(rows), BATCH):
-            insert(rows[start:start + BATCH])
+        for start in range(0, len(values), BATCH):
+            insert(values[start:start + BATCH])
 
 
 def job_for_key(key: str, window_seconds: float) -> Job | None:

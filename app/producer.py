@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import itertools
 import json
 import logging
-from typing import Any, Iterable
+import os
+from typing import Any, Callable, Iterable
 
 import peewee
 import redis
 from huey.api import Task
 from huey.utils import normalize_time
 
+import config
 from app import catalog, events, keycheck, ledger
-from app.codec import NotJSON, ensure_json
+from app.codec import NotJSON, dumps_text, ensure_json
 from app.db import database
 from app.schema import open_ledger
 from app.models import Job
@@ -35,6 +38,7 @@ OPTIONS = ("key", "delay", "eta", "priority", "retries", "queue")  # submit()'s 
 MAX_INT = 2**31 - 1            # priority and retries are 32-bit columns in the ledger
 MAX_DELAY = 100 * 366 * 86400  # seconds: a century is more than any job waits
 MAX_KEY = 255                  # characters: the ledger's key column
+_PLAIN_JSON = {str, int, bool, type(None)}  # always JSON values as they are (a float may be NaN, lists nest)
 
 
 class BadOption(ValueError):
@@ -54,17 +58,43 @@ def check_arguments(task_class: type, arguments: dict, where: str = "", args: tu
     try:
         kwargs = catalog.bind_arguments(task_class, tuple(args), arguments)
         for name, value in kwargs.items():
-            ensure_json(value, f"argument {name!r}")
+            if type(value) not in _PLAIN_JSON:
+                ensure_json(value, f"argument {name!r}")
         catalog.check_types(task_class, kwargs)
     except (catalog.BadArguments, NotJSON) as exc:
         raise type(exc)(f"{where}{exc}") from None
     return kwargs
 
 
+def encode_arguments(kwargs: dict) -> tuple[str, str]:
+    """Checked arguments (check_arguments) as the ledger records them and as a message carries them: what
+    submit_batch takes, so a bulk submit encodes each job's arguments once, where it checks them."""
+    return _ledger_json(kwargs), dumps_text(kwargs)
+
+
+def _ledger_json(kwargs: dict) -> str:
+    return json.dumps(kwargs)  # the ledger's form of the arguments, which the console's search matches
+
+
 def _row(task: Task, key: str | None) -> dict:
-    return {"id": task.id, "task": type(task).__name__, "kwargs": json.dumps(task.kwargs), "attempt": 1,
+    return {"id": task.id, "task": type(task).__name__, "kwargs": _ledger_json(task.kwargs), "attempt": 1,
             "retries_left": task.retries or 0, "retry_delay": task.retry_delay or 0,
             "priority": task.priority or 0, "timeout": task.timeout, "eta": task.eta, "key": key}
+
+
+_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))  # a uuid's version nibble, set to 4
+_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))    # its variant bits, set to RFC 4122's
+
+
+def new_ids(count: int) -> list[str]:
+    """`count` random job ids, sorted: uuid4 text as Huey's own (str(uuid.uuid4())), from one read of the OS's
+    random source instead of a UUID object per id."""
+    raw = bytearray(os.urandom(16 * count))
+    raw[6::16] = raw[6::16].translate(_VERSION_4)
+    raw[8::16] = raw[8::16].translate(_VARIANT)
+    h = raw.hex()
+    return sorted(f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
+                  for i in range(0, 32 * count, 32))
 
 
 def submit_direct(task: Task) -> Submission:
@@ -80,33 +110,83 @@ def submit_tasks(tasks: list[Task], key: str | None = None, *, deliver: bool = T
     ledger, then put them on Redis in one round trip per queue. Each goes to `queue`, else its task's declared
     queue, else NIGHTSHIFT_QUEUE (catalog.queue_of). `deliver=False` only records them (Redis is known to be
     down: recovery delivers them); `warn=False` leaves telling about an unreachable Redis to the caller."""
+    _check_queue(queue)
+    if key is not None and (not isinstance(key, str) or ledger.storable(key, Job.key.max_length) != key):
+        raise catalog.BadArguments(f"an idempotency key is text of at most {Job.key.max_length} characters "
+                                   f"without NUL")
+    settings = _ready(deliver)
+    for task in tasks:
+        task.attempt = 1
+        task.queue_name = catalog.queue_of(type(task), settings.queue, queue)
+    if key is not None:
+        return _submit_with_key(tasks[0], key, settings.idempotency_window, warn)
+    # In id order: the ids are random, and inserting them sorted touches each page of the primary-key index once
+    # per batch instead of once per row (a bulk insert into a big SQLite ledger costs about half as much).
+    by_queue = _by_queue(tasks)
+    for name, batch in by_queue.items():
+        ledger.insert_jobs(sorted((_row(task, None) for task in batch), key=lambda row: row["id"]), name)
+    by_task: dict[str, list[str]] = {}
+    for task in tasks:
+        by_task.setdefault(type(task).__name__, []).append(task.id)
+    # Logged before delivery: a worker may start the job at once, and "started" comes after.
+    _log_submitted(by_task, lambda: ((t.id, type(t).__name__, t.kwargs, t.eta, t.priority) for t in tasks))
+    submission = Submission([t.id for t in tasks])
+    if not deliver:
+        return _undelivered(submission)
+    error = None
+    for name, batch in by_queue.items():
+        error = resubmit(batch, get_huey(name)) or error
+    return _delivered(submission, error, len(tasks), warn)
+
+
+def submit_batch(task_class: type, arguments: list[tuple[str, str]], *, priority: int | None = None,
+                 retries: int | None = None, when: datetime.datetime | None = None, queue: str | None = None,
+                 deliver: bool = True, warn: bool = True) -> Submission:
+    """submit_tasks for many jobs of one task and the same options (bulk submits): each job's `arguments` come
+    checked (check_arguments) and encoded (encode_arguments), in order. Recorded in the ledger in one
+    transaction, then put on Redis, with the same rows and messages as submit_tasks, but built from one prototype
+    task instead of a task object, a row dict and a message dict per job. The ids are made sorted (new_ids) and
+    given in order, so the rows go in in id order and the messages in the given order."""
+    _check_queue(queue)
+    settings = _ready(deliver)
+    prototype = task_class((), {}, eta=when, priority=priority, retries=retries)
+    prototype.attempt = 1
+    name = catalog.queue_of(task_class, settings.queue, queue)
+    ids = new_ids(len(arguments))
+    common = _row(prototype, None)
+    del common["id"], common["kwargs"]
+    ledger.insert_jobs([{"id": job_id, "kwargs": stored} for job_id, (stored, _) in zip(ids, arguments)], name,
+                       common)
+    eta, priority = prototype.eta, prototype.priority
+    task_name = task_class.__name__
+    _log_submitted({task_name: ids}, lambda: ((job_id, task_name, json.loads(stored), eta, priority)
+                                              for job_id, (stored, _) in zip(ids, arguments)))
+    submission = Submission(ids)
+    if not deliver:
+        return _undelivered(submission)
+    huey = get_huey(name)
+    message = huey.message_maker(prototype)
+    error = push_messages(huey, ((message(job_id, carried), eta, priority)
+                                 for job_id, (_, carried) in zip(ids, arguments)))
+    return _delivered(submission, error, len(ids), warn)
+
+
+def _check_queue(queue: str | None) -> None:
     if queue is not None:
         try:
             check_queue_name(queue)
         except ValueError as exc:
             raise BadOption(str(exc)) from None
+
+
+def _ready(deliver: bool) -> config.Settings:
+    """The settings of a submission, once the consumers' signing key is known to match (unless Redis is known
+    to be down) and the ledger is there: what is checked before anything is recorded."""
     settings = get_huey().settings
-    for task in tasks:
-        task.attempt = 1
-        task.queue_name = catalog.queue_of(type(task), settings.queue, queue)
-    if key is not None and (not isinstance(key, str) or ledger.storable(key, Job.key.max_length) != key):
-        raise catalog.BadArguments(f"an idempotency key is text of at most {Job.key.max_length} characters "
-                                   f"without NUL")
-    if deliver:  # (not when Redis is known to be down)
+    if deliver:
         check_signing_key()
     open_ledger(settings.database_url, create=False)
-    if key is not None:
-        return _submit_with_key(tasks[0], key, settings.idempotency_window, warn)
-    # In id order: the ids are random, and inserting them sorted touches each page of the primary-key index once
-    # per batch instead of once per row (a bulk insert into a big SQLite ledger costs about half as much).
-    for name, batch in _by_queue(tasks).items():
-        ledger.insert_jobs(sorted((_row(task, None) for task in batch), key=lambda row: row["id"]), name)
-    _log_submitted(tasks)  # before delivery: a worker may start the job at once, and "started" comes after
-    submission = Submission([t.id for t in tasks])
-    if not deliver:
-        submission.delivered, submission.delivery_error = False, "not tried: Redis was unreachable"
-        return submission
-    return _deliver(tasks, submission, warn)
+    return settings
 
 
 def check_signing_key() -> None:
@@ -119,17 +199,18 @@ def check_signing_key() -> None:
         pass
 
 
-def _log_submitted(tasks: list[Task], key: str | None = None) -> None:
-    """One "submitted" line per job; a bulk submit logs one line per task and batch (per job only at DEBUG)."""
-    if len(tasks) == 1 or events.log.isEnabledFor(logging.DEBUG):
-        level = logging.INFO if len(tasks) == 1 else logging.DEBUG
-        for task in tasks:
-            events.emit("submitted", task.id, type(task).__name__, level, attempt=1, args=task.kwargs,
-                        eta=task.eta.isoformat() if task.eta else None, priority=task.priority or None, key=key)
-    if len(tasks) > 1:
-        by_task: dict[str, list[str]] = {}
-        for task in tasks:
-            by_task.setdefault(type(task).__name__, []).append(task.id)
+def _log_submitted(by_task: dict[str, list[str]], jobs: Callable[[], Iterable[tuple]],
+                   key: str | None = None) -> None:
+    """One "submitted" line per job; a bulk submit logs one line per task and batch (per job only at DEBUG).
+    `by_task`: the ids of each task; `jobs` gives (id, task, arguments, eta, priority) of each job, called only
+    when jobs are logged one by one."""
+    count = sum(map(len, by_task.values()))
+    if count == 1 or events.log.isEnabledFor(logging.DEBUG):
+        level = logging.INFO if count == 1 else logging.DEBUG
+        for job_id, name, args, eta, priority in jobs():
+            events.emit("submitted", job_id, name, level, attempt=1, args=args,
+                        eta=eta.isoformat() if eta else None, priority=priority or None, key=key)
+    if count > 1:
         for name, ids in by_task.items():
             events.emit_batch("submitted", name, ids)
 
@@ -148,8 +229,9 @@ def _submit_with_key(task: Task, key: str, window: float, warn: bool = True) -> 
         if existing is None:
             raise
         return Submission([existing.id], existing=[existing.id])
-    _log_submitted([task], key)
-    return _deliver([task], Submission([task.id]), warn)
+    _log_submitted({type(task).__name__: [task.id]},
+                   lambda: [(task.id, type(task).__name__, task.kwargs, task.eta, task.priority)], key)
+    return _delivered(Submission([task.id]), resubmit([task], get_huey(task.queue_name)), 1, warn)
 
 
 RESUBMIT_CHUNK = 1000  # tasks per Redis round trip when putting known jobs (back) on Redis
@@ -170,10 +252,17 @@ def resubmit(tasks: Iterable[Task], huey: NightshiftHuey | None = None) -> str |
     does not answer: the jobs stay waiting in the ledger and recovery delivers them once Redis is back, so the
     caller has nothing to undo, only to say so."""
     huey = huey or get_huey()
-    tasks = list(tasks)
+    return push_messages(huey, ((huey.serialize_task(task), task.eta, task.priority) for task in tasks))
+
+
+def push_messages(huey: NightshiftHuey, messages: Iterable[tuple[bytes, datetime.datetime | None, int | None]]
+                  ) -> str | None:
+    """resubmit for messages already serialized, as (message, eta, priority): RESUBMIT_CHUNK per round trip;
+    None, or what went wrong when Redis does not answer."""
+    messages = iter(messages)
     try:
-        for start in range(0, len(tasks), RESUBMIT_CHUNK):
-            huey.push(tasks[start:start + RESUBMIT_CHUNK])
+        while chunk := list(itertools.islice(messages, RESUBMIT_CHUNK)):
+            huey.push_serialized(chunk)
     except (redis.RedisError, OSError) as exc:
         return str(exc) or type(exc).__name__
     return None
@@ -186,16 +275,19 @@ def _by_queue(tasks: list[Task]) -> dict[str, list[Task]]:
     return by_queue
 
 
-def _deliver(tasks: list[Task], submission: Submission, warn: bool = True) -> Submission:
-    error = None
-    for name, batch in _by_queue(tasks).items():
-        error = resubmit(batch, get_huey(name)) or error
+def _undelivered(submission: Submission) -> Submission:
+    submission.delivered, submission.delivery_error = False, "not tried: Redis was unreachable"
+    return submission
+
+
+def _delivered(submission: Submission, error: str | None, count: int, warn: bool = True) -> Submission:
+    """The submission once its messages went to Redis, or did not (`error`): then recovery delivers them."""
     if error is not None:
         submission.delivered = False
         submission.delivery_error = error
         if warn:
             log.warning("Redis unreachable (%s): %d job(s) recorded in the ledger and will be delivered by "
-                        "recovery when Redis is back", error, len(tasks))
+                        "recovery when Redis is back", error, count)
     return submission
 
 
@@ -290,16 +382,19 @@ def submit(task_name: str, /, arguments: dict | None = None, *, key: str | None 
 def submit_many(task_name: str, arguments: Iterable[dict], *, delay: float | None = None,
                 eta: datetime.datetime | None = None, priority: int | None = None,
                 retries: int | None = None, queue: str | None = None) -> list[str]:
-    """Queue many jobs of one task: one ledger transaction and one Redis round trip per call. `arguments` holds
-    one dict of arguments per job; an error names the item (from 0) that caused it, and nothing is queued."""
+    """Queue many jobs of one task: one ledger transaction per call (submit_batch), then RESUBMIT_CHUNK messages
+    per Redis round trip. `arguments` holds one dict of arguments per job; an error names the item (from 0) that
+    caused it, and nothing is queued."""
     when = check_options(delay, eta, priority, retries)
-    tasks = []
+    task_class = catalog.get_task_class(task_name)
+    encoded = []
     for index, kwargs in enumerate(arguments):
         if not isinstance(kwargs, dict):
             raise catalog.BadArguments(f"item {index}: expected a dict of arguments, got {type(kwargs).__name__}")
-        tasks.append(build_task(task_name, kwargs, priority=priority, retries=retries, where=f"item {index}: ",
-                                when=when))
-    return submit_tasks(tasks, queue=queue).ids if tasks else []
+        encoded.append(encode_arguments(check_arguments(task_class, kwargs, f"item {index}: ")))
+    if not encoded:
+        return []
+    return submit_batch(task_class, encoded, priority=priority, retries=retries, when=when, queue=queue).ids
 
 
 # Direct calls, periodic runs and pipeline steps reach Huey's enqueue without a ledger row: Huey hands them here.

@@ -8,6 +8,7 @@ HUEY_PRIVATE and pinned by tests/test_huey_contract.py.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import inspect
 import struct
@@ -24,10 +25,14 @@ from huey.utils import ChordConfig, normalize_time
 
 import config
 from app import identity, ledger, timelimits
-from app.codec import JSONCodec, PoisonMessage
+from app.codec import JSONCodec, PoisonMessage, dumps_text
 
 MESSAGE_VERSION = 1
 ID_LENGTH = 36  # the ledger's job id column (app.models.Job.id)
+_ORDER = struct.Struct(">Q")  # PriorityRedisStorage's ordering prefix
+# Stand-ins that no job id or arguments contain: where message_maker splices each job's own.
+_ID_MARK = "\x00id"
+_ARGUMENTS_MARK = {"\x00arguments": None}
 
 
 def _dt(value: Any) -> Any:
@@ -216,20 +221,24 @@ class NightshiftHuey(Huey):
         return super().enqueue(task)
 
     def push(self, tasks: Iterable[Task]) -> None:
-        """Put already-recorded tasks on Redis in one round trip: due ones on the queue (one ZADD, in order),
-        later ones on the schedule. Writes PriorityRedisStorage's own layout (an 8-byte ordering prefix, score
-        -priority), pinned by tests/test_huey_contract.py."""
+        """Put already-recorded tasks on Redis in one round trip (push_serialized)."""
+        self.push_serialized((self.serialize_task(task), task.eta, task.priority) for task in tasks)
+
+    def push_serialized(self, messages: Iterable[tuple[bytes, datetime.datetime | None, int | None]]) -> None:
+        """Put the messages of already-recorded jobs, as (serialized task, eta, priority), on Redis in one round
+        trip: due ones on the queue (one ZADD, in order), later ones on the schedule. Writes PriorityRedisStorage's
+        own layout (an 8-byte ordering prefix, score -priority), pinned by tests/test_huey_contract.py."""
         storage = self.storage
         now = self._get_timestamp()
         first = int(time.time() * 1e6)  # Huey's priority queue orders equal priorities by this prefix
+        order = _ORDER.pack
         queued: dict[bytes, float] = {}
         scheduled: dict[bytes, float] = {}
-        for index, task in enumerate(tasks):
-            data = self.serialize_task(task)
-            if task.eta is not None and task.eta > now:
-                scheduled[data] = storage.convert_ts(task.eta)
+        for index, (data, eta, priority) in enumerate(messages):
+            if eta is not None and eta > now:
+                scheduled[data] = storage.convert_ts(eta)
             else:
-                queued[struct.pack(">Q", first + index) + data] = -(task.priority or 0)
+                queued[order(first + index) + data] = -(priority or 0)
         if queued and scheduled:
             pipe = storage.conn.pipeline(transaction=False)
             pipe.zadd(storage.queue_key, queued)
@@ -239,6 +248,29 @@ class NightshiftHuey(Huey):
             storage.conn.zadd(storage.queue_key, queued)
         elif scheduled:
             storage.conn.zadd(storage.schedule_key, scheduled)
+
+    def message_maker(self, prototype: Task) -> Callable[[str, str], bytes]:
+        """`serialize_task` for many jobs alike (bulk submits): a function (job id, arguments as
+        codec.dumps_text writes them) -> the bytes serialize_task writes for `prototype` with that id and those
+        arguments. They are spliced into `prototype`'s own message, so the wire format is serialize_task's by
+        construction, without a task object, a message dict and an encoding per job. The id must need no JSON
+        escaping (Nightshift's ids are uuids)."""
+        probe = copy.copy(prototype)
+        probe.id, probe.kwargs = _ID_MARK, dict(_ARGUMENTS_MARK)
+        text = self.serializer.unsign(self.serialize_task(probe)).decode()
+        id_mark, arguments_mark = dumps_text(_ID_MARK), dumps_text(_ARGUMENTS_MARK)
+        if text.count(id_mark) != 1 or text.count(arguments_mark) != 1 \
+                or text.index(id_mark) > text.index(arguments_mark):
+            raise HueyException(f"cannot make messages alike from {text[:200]!r}")
+        head, rest = text.split(id_mark)
+        middle, tail = rest.split(arguments_mark)
+        head, middle = head + '"', '"' + middle
+        seal = self.serializer.seal
+
+        def message(job_id: str, arguments: str) -> bytes:
+            return seal(f"{head}{job_id}{middle}{arguments}{tail}".encode())
+
+        return message
 
     def dequeue(self):
         data = self.storage.dequeue()
@@ -303,10 +335,10 @@ HUEY_PRIVATE = {
     "Huey._registry / Registry._registry": "queue: the message registry, and the catalog's list of tasks",
     "Huey._timeout_context / Huey._timeout_handler": "queue: time limits in thread workers (app.timelimits)",
     "Huey._immediate": "queue: immediate mode enqueues without the ledger",
-    "Huey._get_timestamp": "queue.push: 'due now' as Huey judges it",
+    "Huey._get_timestamp": "queue.push_serialized: 'due now' as Huey judges it",
     "Huey._deserialize_all": "queue: unreadable scheduled messages become dead letters",
     "Huey._requeue_task (mirrored)": "queue.next_retry: the retry ETA, recorded before Huey requeues",
-    "PriorityRedisStorage queue layout": "queue.push: one ZADD for many tasks",
+    "PriorityRedisStorage queue layout": "queue.push_serialized: one ZADD for many tasks",
     "TaskLock._huey/_key/_ttl/_name": "queue.HolderLock: the lock's value names its holder",
     "Consumer._signal_actions": "consumer: SIGINT drains like SIGTERM",
     "Consumer._signum/_restart/_graceful": "consumer: a restart to release memory, and the goodbye beat",

@@ -162,6 +162,44 @@ def test_bulk_file_submits_all_or_nothing(env, tmp_path):
     assert ledger_count() == 2500 and queue_size(env) == 2500
 
 
+def test_bulk_submits_record_and_send_what_a_single_submit_does(env, tmp_path):
+    """`submit --file` and submit_many build the rows and messages of many jobs at once (producer.submit_batch)
+    instead of through a task object each: every row and message must be what a single submit writes, but for
+    the id. Their ids are uuid4s made in order, so rows go into the ledger in id order while due jobs are
+    dequeued in the order given."""
+    import uuid
+    from app import submit, submit_many
+    from app.models import Job
+    from app.queue import get_huey
+    eta = datetime.datetime(2031, 1, 2, 3, 4, 5)
+    single = submit("add", a=7, b=1, priority=4, retries=2, eta=eta)
+    path = tmp_path / "jobs.jsonl"
+    path.write_text('{"a": 7, "b": 1}\n' * 3)
+    out = cli(env, "submit", "add", "--file", str(path), "--priority", "4", "--retries", "2",
+              "--eta", "2031-01-02T03:04:05")
+    assert out.returncode == 0 and out.stdout.strip() == "3", out.stderr
+    many = submit_many("add", [{"a": 7, "b": 1}] * 3, priority=4, retries=2, eta=eta)
+
+    def row(job):
+        return {name: getattr(job, name) for name in Job._meta.fields if name not in ("id", "created_at",
+                                                                                      "updated_at")}
+    expected = row(Job.get_by_id(single))
+    assert expected["kwargs"] == json.dumps({"a": 7, "b": 1}) and expected["eta"] == eta
+    bulk = [job for job in Job.select() if job.id != single]
+    assert len(bulk) == 6 and set(many) <= {job.id for job in bulk}
+    assert all(row(job) == expected for job in bulk)
+    huey = get_huey()
+    messages = {huey.deserialize_task(data).id: data
+                for data in huey.storage.conn.zrange(huey.storage.schedule_key, 0, -1)}
+    assert len(messages) == 7
+    assert all(messages[job.id].replace(job.id.encode(), single.encode()) == messages[single] for job in bulk)
+
+    due = submit_many("add", [{"a": i} for i in range(50)])
+    assert all(str(uuid.UUID(job_id)) == job_id and uuid.UUID(job_id).version == 4 for job_id in due)
+    assert due == sorted(due) and len(set(due)) == 50
+    assert [huey.dequeue().kwargs["a"] for _ in due] == list(range(50))
+
+
 def test_list_and_tasks_read_commands_have_json(env):
     from app import submit
     ids = [submit("add", a=i) for i in range(3)]

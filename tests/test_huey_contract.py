@@ -191,3 +191,30 @@ def test_tasks_in_flight_is_a_set_of_tasks_that_shutdown_hands_to_the_interrupte
     huey._tasks_in_flight.discard(first)
     huey.notify_interrupted_tasks()
     assert interrupted == [2] and not huey._tasks_in_flight
+
+
+@pytest.mark.parametrize("signing_key", ["", "contract-key"])
+def test_message_maker_writes_what_serialize_task_writes(env, signing_key):
+    """Bulk submits splice each job's id and arguments into one prototype's message (queue.message_maker)
+    instead of building a Huey message per job: the bytes must be serialize_task's, signed or not, and read
+    back by Huey as the same task."""
+    import dataclasses
+    from app.codec import dumps_text
+    from app.queue import build_huey, get_huey
+    huey = build_huey(dataclasses.replace(get_huey().settings, signing_key=signing_key))
+    huey._registry = get_huey()._registry  # the same tasks (as get_huey does for other queues)
+    cls = huey.registered()["count_primes"]
+    for eta, priority, retries in ((None, None, None), (datetime.datetime(2031, 2, 3, 4, 5, 6, 789), -7, 4)):
+        prototype = cls((), {}, eta=eta, priority=priority, retries=retries)
+        prototype.attempt = 1
+        message = huey.message_maker(prototype)
+        for job_id, kwargs in (("0b6f7e0a-3d4c-4a1b-9e2f-5a6b7c8d9e0f", {"limit": 10}),
+                               ("x", {"limit": 1.5, "note": "caf\u00e9 \"\\\u0000\u2028", "nested": [{"a": None}]}),
+                               ("7d1e2f3a-0000-4000-8000-000000000000", {})):
+            task = cls((), dict(kwargs), id=job_id, eta=eta, priority=priority, retries=retries)
+            task.attempt = 1
+            data = message(job_id, dumps_text(kwargs))
+            assert data == huey.serialize_task(task)
+            back = huey.deserialize_task(data)
+            assert (back.id, back.kwargs, back.eta, back.priority, back.retries, back.attempt) == \
+                (job_id, kwargs, eta, task.priority, task.retries, 1)
