@@ -107,7 +107,7 @@ def submit_direct(task: Task) -> Submission:
 def submit_tasks(tasks: list[Task], key: str | None = None, *, deliver: bool = True,
                  warn: bool = True, queue: str | None = None) -> Submission:
     """Record new task instances, their arguments already checked (`build_task`, `submit_direct`), in the
-    ledger, then put them on Redis in one round trip per queue. Each goes to `queue`, else its task's declared
+    ledger, then put them on Redis (RESUBMIT_CHUNK messages per round trip, per queue). Each goes to `queue`, else its task's declared
     queue, else NIGHTSHIFT_QUEUE (catalog.queue_of). `deliver=False` only records them (Redis is known to be
     down: recovery delivers them); `warn=False` leaves telling about an unreachable Redis to the caller."""
     _check_queue(queue)
