@@ -129,13 +129,13 @@ def test_a_ledger_locked_longer_than_the_lease_runs_no_job_twice(env, start_work
     assert reruns == 0, f"{reruns} jobs ran again after the ledger was locked longer than their lease"
 
 
-def test_two_attempts_of_one_job_in_one_process_keep_their_own_outcomes(env, start_worker, monkeypatch):
-    """Attempt 1 outlives its lease (its consumer was stopped), attempt 2 runs in the same process and fails:
-    attempt 1's end must not be recorded as attempt 2's."""
+def attempt_1_past_its_lease(env, start_worker, monkeypatch, later_seconds: float, **worker_env):
+    """A job whose attempt 1 (5 s) runs in a consumer stopped past its 1-s lease and requeued by recovery; the
+    consumer resumed, so attempt 2 (`later_seconds`, then it fails) may come to the same process."""
     env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=1, NIGHTSHIFT_RECOVERY_INTERVAL=600)
-    from app import ledger, submit
-    job_id = submit("slow_first_attempt", first_seconds=5, later_seconds=5)
-    worker = start_worker(NIGHTSHIFT_WORKERS=2)
+    from app import submit
+    job_id = submit("slow_first_attempt", first_seconds=5, later_seconds=later_seconds)
+    worker = start_worker(NIGHTSHIFT_WORKERS=2, **worker_env)
     wait_until(lambda: state(job_id) == "running", 10, message="attempt 1 running")
     worker.signal(signal.SIGSTOP)
     try:
@@ -144,6 +144,14 @@ def test_two_attempts_of_one_job_in_one_process_keep_their_own_outcomes(env, sta
         assert recovered.returncode == 0 and "requeued after lost lease: 1" in recovered.stdout, recovered
     finally:
         worker.signal(signal.SIGCONT)
+    return job_id, worker
+
+
+def test_two_attempts_of_one_job_in_one_process_keep_their_own_outcomes(env, start_worker, monkeypatch):
+    """Attempt 1 outlives its lease (its consumer was stopped), attempt 2 runs in the same process and fails:
+    attempt 1's end must not be recorded as attempt 2's."""
+    from app import ledger
+    job_id, worker = attempt_1_past_its_lease(env, start_worker, monkeypatch, later_seconds=5)
     # Attempt 1 ends first (about 5 s in), attempt 2 later with its error.
     wait_until(lambda: state(job_id) == "dead", 30, message=f"attempt 2 dead:\n{worker.log()[-3000:]}")
     job = ledger.get(job_id)
@@ -157,18 +165,9 @@ def test_sigterm_hands_back_the_second_attempt_of_a_job_after_the_first_ended_in
     attempt 2 is still running at the deadline: it is handed back at once as attempt 3, not left `running` until
     its lease expires (Huey's set of tasks in flight held the two attempts as one task, and attempt 1's end took
     attempt 2 out of it)."""
-    env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=1, NIGHTSHIFT_RECOVERY_INTERVAL=600)
-    from app import ledger, submit
-    job_id = submit("slow_first_attempt", first_seconds=5, later_seconds=60)
-    worker = start_worker(NIGHTSHIFT_WORKERS=2, NIGHTSHIFT_SHUTDOWN_TIMEOUT=6)
-    wait_until(lambda: state(job_id) == "running", 10, message="attempt 1 running")
-    worker.signal(signal.SIGSTOP)
-    try:
-        time.sleep(1.5)  # past the lease
-        recovered = cli(env, "recover")
-        assert recovered.returncode == 0 and "requeued after lost lease: 1" in recovered.stdout, recovered
-    finally:
-        worker.signal(signal.SIGCONT)
+    from app import ledger
+    job_id, worker = attempt_1_past_its_lease(env, start_worker, monkeypatch, later_seconds=60,
+                                              NIGHTSHIFT_SHUTDOWN_TIMEOUT=6)
     wait_until(lambda: (ledger.get(job_id).state, ledger.get(job_id).attempt) == ("running", 2), 10,
                message=f"attempt 2 running beside attempt 1:\n{worker.log()[-3000:]}")
     assert worker.stop(30) == 0
