@@ -328,10 +328,13 @@ def workers(stamp: datetime.datetime, queue: str, settings: config.Settings,
         for job in current:
             since_job = _dt(job.get("since"))
             job["running_for"] = round((stamp - since_job).total_seconds(), 3) if since_job else None
+        status = worker_status(beat, stamp, limit)
+        # An alive consumer has been up until now, not only until its last beat; the others until their last beat.
+        up_to = stamp if status == "alive" else beat.last_seen
         result.append({
             "id": beat.id, "host": beat.host, "pid": beat.pid, "queue": beat.queue,
-            "status": worker_status(beat, stamp, limit), "started_at": _iso(beat.started_at),
-            "uptime": round((beat.last_seen - beat.started_at).total_seconds(), 3),
+            "status": status, "started_at": _iso(beat.started_at),
+            "uptime": round((up_to - beat.started_at).total_seconds(), 3),
             "last_seen": _iso(beat.last_seen), "heartbeat_age": round((stamp - beat.last_seen).total_seconds(), 3),
             "stopped_at": _iso(beat.stopped_at), "rss_bytes": beat.rss_bytes, "jobs_done": beat.jobs_done,
             "current": current,

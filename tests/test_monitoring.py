@@ -370,3 +370,23 @@ def test_a_job_that_gives_up_for_good_reaches_sentry_too(menv, start_worker, sen
     [event] = mine()
     assert event["tags"]["task"] == "gives_up" and event["level"] == "error"
     assert "permanent error" in json.dumps(event)
+
+
+def test_an_alive_consumers_uptime_runs_to_now_not_to_its_last_beat(env):
+    """A consumer beats every NIGHTSHIFT_HEARTBEAT_SECONDS; between beats `status` showed the uptime as of the last
+    beat (a consumer up for minutes read "10ms" until its second beat). Alive: up until now; gone: until its last
+    beat."""
+    import datetime
+
+    import config
+    from app import ledger, status
+    from app.models import WorkerBeat
+    now = ledger.now()
+    queue = env["NIGHTSHIFT_QUEUE"]
+    for worker, started, seen in (("alive:1:a", 100, 0.2), ("gone:2:b", 500, 400)):
+        WorkerBeat.create(id=worker, host=worker.split(":")[0], pid=1, queue=queue,
+                          started_at=now - datetime.timedelta(seconds=started),
+                          last_seen=now - datetime.timedelta(seconds=seen))
+    shown = {w["id"]: w for w in status.workers(now, queue, config.get(), shown_for=1000)}
+    assert shown["alive:1:a"]["status"] == "alive" and shown["alive:1:a"]["uptime"] == 100
+    assert shown["gone:2:b"]["status"] == "gone" and shown["gone:2:b"]["uptime"] == 100
