@@ -108,8 +108,9 @@ def submit_tasks(tasks: list[Task], key: str | None = None, *, deliver: bool = T
                  warn: bool = True, queue: str | None = None) -> Submission:
     """Record new task instances, their arguments already checked (`build_task`, `submit_direct`), in the
     ledger, then put them on Redis (RESUBMIT_CHUNK messages per round trip, per queue). Each goes to `queue`,
-    else its task's declared queue, else NIGHTSHIFT_QUEUE (catalog.queue_of). `deliver=False` only records them (Redis is known to be
-    down: recovery delivers them); `warn=False` leaves telling about an unreachable Redis to the caller."""
+    else its task's declared queue, else NIGHTSHIFT_QUEUE (catalog.queue_of). `deliver=False` only records them
+    (Redis is known to be down: recovery delivers them); `warn=False` leaves telling about an unreachable Redis to
+    the caller."""
     _check_queue(queue)
     if key is not None and (not isinstance(key, str) or ledger.storable(key, Job.key.max_length) != key):
         raise catalog.BadArguments(f"an idempotency key is text of at most {Job.key.max_length} characters "
