@@ -162,10 +162,17 @@ def ledger_state() -> tuple:
             sorted(w.id for w in WorkerBeat.select()))
 
 
-def beat_live_worker() -> None:
+def beat_live_worker(queue: str) -> None:
+    """Just before a cleanup: the live worker beats, and the lock of the holder nobody knows yet was taken a second
+    ago, so both stay live however long seeding and an earlier cleanup took (over three heartbeats on a loaded
+    machine made the new holder's lock stale)."""
     from app import ledger
     from app.models import WorkerBeat
+    from app.queue import get_huey
     WorkerBeat.update(last_seen=ledger.now()).where(WorkerBeat.id == "livehost:2").execute()
+    huey = get_huey()
+    huey.storage.conn.set(huey.storage.result_key(f"{queue}.lock.unknown-holder-new"),
+                          huey.serializer.serialize({"holder": "newhost:3", "since": time.time() - 1}))
 
 
 def check_result(queue: str, s: Seed) -> None:
@@ -197,13 +204,13 @@ def test_cleanup_removes_exactly_the_dead_things_and_dry_run_changes_nothing(env
     assert len(s.keep_keys) + len(s.gone_keys) >= 50_000
     before_keys, before_ledger = keys(queue), ledger_state()
 
-    beat_live_worker()
+    beat_live_worker(queue)
     dry = run_cleanup(env, "--dry-run")
     assert keys(queue) == before_keys and ledger_state() == before_ledger, "--dry-run changed something"
     assert dry["dry_run"] is True
     assert {k: dry[k] for k in EXPECTED} == EXPECTED
 
-    beat_live_worker()
+    beat_live_worker(queue)
     report = run_cleanup(env)
     assert {k: report[k] for k in EXPECTED} == EXPECTED
     assert report["ledger_bytes"] > 18_000 * 160 and report["previews_bytes"] >= 3_000 * 270
@@ -214,7 +221,7 @@ def test_cleanup_removes_exactly_the_dead_things_and_dry_run_changes_nothing(env
 def test_two_cleanups_at_once_remove_everything_once(env, ledger_db):
     queue = env["NIGHTSHIFT_QUEUE"]
     s = seed(queue)
-    beat_live_worker()
+    beat_live_worker(queue)
     settings = env.full(NIGHTSHIFT_CLEANUP_BATCH=250, NIGHTSHIFT_HEARTBEAT_SECONDS=CLEANUP_HEARTBEAT)
     procs = [subprocess.Popen([sys.executable, "-m", "app", "cleanup", "--json"], env=settings, cwd=env.tmp,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
