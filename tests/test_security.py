@@ -373,6 +373,28 @@ def test_a_producer_with_another_signing_key_is_refused_at_submit_and_records_no
     assert worker.stop() == 0
 
 
+def test_a_long_running_producer_reads_the_fingerprint_once_per_check_window_and_never_remembers_a_refusal(
+        env, monkeypatch, ledger_db):
+    """Issue 16: a program submitting job after job reads the consumers' fingerprint at most every CHECK_SECONDS
+    while it matches (here: a fingerprint changed after the first submit is not seen inside the window), and once
+    the window is over a mismatch is refused, every time, with nothing recorded."""
+    import redis
+    from app import keycheck, submit
+    env.set(monkeypatch, NIGHTSHIFT_SIGNING_KEY=SIGNING_KEY)
+    conn = redis.Redis.from_url(env["NIGHTSHIFT_REDIS_URL"])
+    keycheck.publish(conn, env["NIGHTSHIFT_QUEUE"], SIGNING_KEY)
+    submit("add", a=1)
+    keycheck.publish(conn, env["NIGHTSHIFT_QUEUE"], "the-consumers-new-key")
+    submit("add", a=2)  # inside the window: not read again
+    assert ledger_db.Job.select().count() == 2
+
+    monkeypatch.setattr(keycheck, "CHECK_SECONDS", 0.0)
+    for a in (3, 4):
+        with pytest.raises(keycheck.SigningKeyMismatch):
+            submit("add", a=a)
+    assert ledger_db.Job.select().count() == 2
+
+
 def test_the_connection_goes_to_the_checked_address_without_resolving_the_name_again():
     """Item 6: the connection dials the address that was checked; the host name is only sent (Host header, TLS
     name), never resolved again -- a name that would now resolve elsewhere (here: not at all) changes nothing."""
