@@ -151,6 +151,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.any_ledger  # each is refused before the ledger is opened
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 def test_every_bad_input_is_one_line_and_exit_2(env, case):
     overrides = {}
