@@ -8,9 +8,11 @@ compose.yaml is parsed with PyYAML when it is installed; without it that test is
 from __future__ import annotations
 
 import configparser
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -217,3 +219,17 @@ def test_systemd_unit_verifies(tmp_path):
     # /opt/nightshift/run_worker.sh is not installed on a build machine; anything else is a real problem.
     problems = [line for line in ours if "is not executable" not in line]
     assert not problems, "\n".join(problems)
+
+
+def test_the_editable_install_is_a_path_entry_not_an_import_finder():
+    """Issue 16: the README's `pip install -e .` puts the project root on sys.path (one .pth line). setuptools'
+    editable import finder, its default for this layout, is loaded by every interpreter at start: about 30 ms of
+    each `nightshift` command here."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", "import sys, app; print(app.__file__); "
+                          "print(*(getattr(f, '__module__', type(f).__module__) for f in sys.meta_path))"],
+                         cwd="/", env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    where, finders = out.stdout.splitlines()
+    assert Path(where).resolve() == ROOT / "app" / "__init__.py"
+    assert "__editable__" not in finders, finders
