@@ -138,8 +138,11 @@ def test_status_heartbeats_and_health_follow_real_consumers(menv, start_worker):
 
 def test_status_watch_refreshes_in_place_until_ctrl_c(menv):
     main_fd, tty_fd = pty.openpty()  # a terminal, so the screen is cleared between refreshes
+    # Ctrl-C as a terminal delivers it to its foreground command, whose SIGINT is at its default: a test run
+    # started in the background of a script inherits SIGINT ignored, and so would the command.
     proc = subprocess.Popen([sys.executable, "-m", "app", "status", "--watch", "0.3"], env=menv.full(),
-                            cwd=menv.tmp, stdout=tty_fd, stderr=subprocess.PIPE, text=True)
+                            cwd=menv.tmp, stdout=tty_fd, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(tty_fd)
     out = b""
     deadline = time.monotonic() + 60  # generous: on a loaded machine the interpreter may start slowly
