@@ -5,6 +5,8 @@ the days around each change, as the scheduler would, and count the runs."""
 from __future__ import annotations
 
 import datetime
+import os
+import signal
 import types
 
 import pytest
@@ -12,6 +14,7 @@ import pytest
 import config
 from app import catalog, schedule
 from app.schedule import crontab
+from faults import descendants, survivors
 
 TICK = 60
 
@@ -113,16 +116,20 @@ def test_a_real_consumer_runs_the_daily_job_at_the_right_tick_across_the_change(
         == tick_local
     path = env.tmp / "consumer.log"
     with open(path, "ab") as log:
+        # faketime runs the consumer as its child: in a session of its own, so that stopping it stops both.
         consumer = subprocess.Popen([faketime, "-f", f"@{start}", sys.executable, "-m", "app", "worker"],
                                     env=env.full(FAKETIME_DONT_FAKE_MONOTONIC=1), cwd=env.tmp, stdout=log,
-                                    stderr=subprocess.STDOUT)
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        processes: set = set()
         try:
             line = wait_until(lambda: next((json.loads(text) for text in path.read_text().splitlines()
                                             if f"periodic tick {tick} " in text), None), 30,
                               message=f"the consumer's tick {tick_local}")
         finally:
-            consumer.kill()
+            processes = descendants(consumer.pid)
+            os.killpg(consumer.pid, signal.SIGKILL)
             consumer.wait(10)
+    assert processes and survivors(processes, 10) == set(), "the consumer outlived the test"
     assert ("berlin_night" in line["message"]) is runs_then, line["message"]
 
 
