@@ -9,6 +9,7 @@ A consumer copies the ledger's state to Redis when it starts.
 from __future__ import annotations
 
 import getpass
+import logging
 import socket
 import threading
 import time
@@ -18,6 +19,8 @@ from app import keys, ledger
 from app.models import QueueState
 
 CHECK_SECONDS = 0.5
+
+log = logging.getLogger("nightshift.pausing")
 
 
 def set_paused(huey: Any, queue: str, paused: bool, who: str | None = None) -> bool:
@@ -61,7 +64,8 @@ def is_paused(huey: Any) -> bool:
 
 
 class PauseFlag:
-    """Whether this process's queue is paused, read from Redis at most every CHECK_SECONDS."""
+    """Whether this process's queue is paused, read from Redis at most every CHECK_SECONDS; a change is logged
+    (what an operator, and a test, can tell the pause took hold by)."""
 
     def __init__(self, huey: Any) -> None:
         self.huey = huey
@@ -75,8 +79,11 @@ class PauseFlag:
             with self._lock:
                 if now - self.checked >= CHECK_SECONDS:
                     try:
-                        self.paused = bool(self.huey.storage.conn.exists(keys.paused(self.huey.name)))
+                        paused = bool(self.huey.storage.conn.exists(keys.paused(self.huey.name)))
                     except Exception:  # noqa: BLE001 - Redis down: dequeue fails anyway; keep the last state
-                        pass
-                    self.checked = now
+                        paused = self.paused
+                    if paused != self.paused:
+                        log.info("queue %r %s", self.huey.name, "paused: no job starts here until it is resumed"
+                                 if paused else "resumed: jobs start here again")
+                    self.paused, self.checked = paused, now
         return self.paused

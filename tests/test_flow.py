@@ -106,7 +106,7 @@ def test_a_paused_queue_takes_jobs_but_starts_none_until_resumed_even_across_res
     worker = start_worker()
     paused = cli(env, "pause")
     assert paused.returncode == 0 and "is now paused" in paused.stdout, paused
-    time.sleep(0.6)  # the workers look every 0.5 s
+    wait_until(lambda: "paused: no job starts here" in worker.log(), 10, message="the worker saw the pause")
     ids = [submit("record_effect", directory=str(tmp_path)) for _ in range(5)]
     status = json.loads(cli(env, "status", "--json").stdout)
     assert status["queues"][0]["paused"] is True
@@ -121,6 +121,7 @@ def test_a_paused_queue_takes_jobs_but_starts_none_until_resumed_even_across_res
     resumed = cli(env, "resume")
     assert resumed.returncode == 0 and "resumed" in resumed.stdout
     wait_until(lambda: all_succeeded(ids), 15, message="jobs run after resume")
+    assert "resumed: jobs start here again" in worker.log()
 
 
 @pytest.mark.parametrize("worker_type, task_name", [("thread", "busy"), ("process", "sleeper")])
