@@ -29,6 +29,8 @@ USE_PG = os.environ.get("NIGHTSHIFT_TEST_DATABASE", "sqlite") == "postgres"
 if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
+import faults  # noqa: E402  (tests/ on the path first)
+
 # The README's test command runs the suite once per ledger. Its second pass sets this: the tests whose outcome
 # cannot depend on the pass's ledger already ran in the first, so they are deselected (never lost: run alone, a
 # PostgreSQL pass runs everything).
@@ -175,6 +177,12 @@ def env(tmp_path, database_url, monkeypatch):
     apply_settings()
     yield Env(values, tmp_path)
     cleanup_queue(os.environ["NIGHTSHIFT_REDIS_URL"], queue)
+    # No process of this test outlives it (every worker and command it started has its queue in its
+    # environment): a leaked consumer would run, and take CPU, for the rest of the suite.
+    leaked = faults.survivors(faults.processes_with_env(f"NIGHTSHIFT_QUEUE={queue}"), 10)
+    if leaked:
+        faults.kill_processes(leaked)
+        pytest.fail(f"processes of this test outlived it (killed now): {sorted(pid for pid, _ in leaked)}")
 
 
 def apply_settings():

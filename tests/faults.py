@@ -57,6 +57,22 @@ def survivors(processes: set[Process], timeout: float) -> set[Process]:
         time.sleep(0.05)
 
 
+def processes_with_env(entry: str) -> set[Process]:
+    """Every living process (but this one) whose environment holds `entry` ("NAME=value")."""
+    wanted, found = entry.encode() + b"\0", set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{name}/environ").read_bytes() + b"\0"
+        except OSError:
+            continue
+        stat = _stat(int(name))
+        if stat is not None and stat[1] != "Z" and (b"\0" + wanted in b"\0" + environ):
+            found.add((int(name), stat[2]))
+    return found
+
+
 def kill_processes(processes: set[Process]) -> None:
     """SIGKILL what is left of `processes` (only these pids, each checked against its start time)."""
     for process in processes:
