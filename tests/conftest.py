@@ -6,6 +6,7 @@ its own ledger: a SQLite file, or with NIGHTSHIFT_TEST_DATABASE=postgres a fresh
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import re
@@ -37,6 +38,12 @@ import faults  # noqa: E402  (tests/ on the path first)
 ANY_LEDGER_DONE = os.environ.get("NIGHTSHIFT_TEST_ANY_LEDGER_DONE") == "1"
 
 
+@functools.cache
+def _looks_at_the_ledger(path: str) -> bool:
+    source = Path(path).read_text()
+    return "USE_PG" in source or "NIGHTSHIFT_TEST_DATABASE" in source
+
+
 def runs_on_any_ledger(item: pytest.Item) -> bool:
     """Marked any_ledger, or never given the pass's ledger (no `database_url` among its fixtures) in a module that
     does not look at which ledger the pass has."""
@@ -45,17 +52,16 @@ def runs_on_any_ledger(item: pytest.Item) -> bool:
     module = getattr(item, "module", None)
     if module is None or "database_url" in getattr(item, "fixturenames", ()):
         return False
-    source = Path(module.__file__).read_text()
-    return "USE_PG" not in source and "NIGHTSHIFT_TEST_DATABASE" not in source
+    return not _looks_at_the_ledger(module.__file__)
 
 
 def pytest_collection_modifyitems(config, items):
     if not ANY_LEDGER_DONE:
         return
-    done = [item for item in items if runs_on_any_ledger(item)]
+    done = {item for item in items if runs_on_any_ledger(item)}
     if done:
-        config.hook.pytest_deselected(items=done)
-        items[:] = [item for item in items if not runs_on_any_ledger(item)]
+        config.hook.pytest_deselected(items=[item for item in items if item in done])
+        items[:] = [item for item in items if item not in done]
 
 
 def free_port() -> int:
