@@ -18,7 +18,7 @@ import threading
 import time
 
 import redis
-from huey.consumer import Consumer, ConsumerStopped, Scheduler, Worker, WorkerRecycle
+from huey.consumer import BaseProcess, Consumer, ConsumerStopped, Scheduler, Worker, WorkerRecycle
 
 from app import canceling, clock, db, flow, identity, keys, leader, ledger, lifecycle, pausing, recovery, relief
 from app.schedule import tick_start
@@ -273,43 +273,47 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     os._exit(1)
 
 
-class Maintenance(threading.Thread):
+class Maintenance(BaseProcess):
     """Runs recovery every NIGHTSHIFT_RECOVERY_INTERVAL for each queue this consumer serves, in one consumer at a
     time per queue (a Redis lock per queue and run).
 
     The lock (SET NX PX 0.9 x interval) is the same once-per-period-across-consumers rule as the periodic
     tick key (app.schedule): whichever consumer takes it runs recovery for that interval; if it dies the lock
     expires and another consumer runs the next one. Recovery stays here rather than being a periodic task
-    because it must run even when the queue is too blocked to deliver a periodic job."""
+    because it must run even when the queue is too blocked to deliver a periodic job.
 
-    def __init__(self, hueys: list) -> None:
-        super().__init__(name="nightshift-maintenance", daemon=True)
+    Run by the consumer's environment, as Huey's scheduler is: a thread beside thread workers, a process of its
+    own beside process workers. A consumer that forks must have no other thread: fork() copies only the calling
+    thread, so a lock a recovery thread held at that moment (SQLite's, peewee's) would stay held in the new worker
+    process, which would hang before taking its first job."""
+    process_name = "Maintenance"
+
+    def __init__(self, huey, stop_flag, hueys: list) -> None:
+        super().__init__(huey, stop_flag)
         self.hueys = hueys
-        self.stop_event = threading.Event()
+        self.interval = hueys[0].settings.recovery_interval
+        self.outage = db.Outage("recovery", on_end=lambda: [recovery.hold_leases(h) for h in self.hueys])
 
-    def run(self) -> None:
-        interval = self.hueys[0].settings.recovery_interval
-        outage = db.Outage("recovery", on_end=lambda: [recovery.hold_leases(h) for h in self.hueys])
-        while not self.stop_event.is_set():
-            try:
-                if outage.since is not None:  # back? then leases are held (outage.on_end) before recovery runs
-                    db.database.obj.execute_sql("SELECT 1")
-                    outage.ended()
-                for huey in self.hueys:
-                    # Held for most of an interval, and at least as long as one run can take with its
-                    # confirmation pause, so two consumers' runs of one queue never overlap.
-                    if leader.take(huey.storage.conn, keys.recovery_lock(huey.name), identity.WORKER_ID,
-                                   max(interval * 0.9, recovery.CONFIRM_SECONDS + 1)):
-                        recovery.recover(huey)
-                        outage.ended()
-            except redis.RedisError as exc:
-                log.warning("recovery skipped: Redis unreachable (%s)", exc)
-            except Exception as exc:  # noqa: BLE001
-                if db.is_unreachable(exc):
-                    outage.failed(exc)
-                else:
-                    log.exception("recovery failed; will try again")
-            self.stop_event.wait(interval)
+    def loop(self, now=None) -> None:
+        try:
+            if self.outage.since is not None:  # back? then leases are held (outage.on_end) before recovery runs
+                db.database.obj.execute_sql("SELECT 1")
+                self.outage.ended()
+            for huey in self.hueys:
+                # Held for most of an interval, and at least as long as one run can take with its
+                # confirmation pause, so two consumers' runs of one queue never overlap.
+                if leader.take(huey.storage.conn, keys.recovery_lock(huey.name), identity.WORKER_ID,
+                               max(self.interval * 0.9, recovery.CONFIRM_SECONDS + 1)):
+                    recovery.recover(huey)
+                    self.outage.ended()
+        except redis.RedisError as exc:
+            log.warning("recovery skipped: Redis unreachable (%s)", exc)
+        except Exception as exc:  # noqa: BLE001
+            if db.is_unreachable(exc):
+                self.outage.failed(exc)
+            else:
+                log.exception("recovery failed; will try again")
+        self.stop_flag.wait(self.interval)
 
 
 class TickScheduler(Scheduler):
@@ -366,7 +370,7 @@ class TickScheduler(Scheduler):
 class NightshiftConsumer(Consumer):
     """Huey's consumer of `huey` (the service's queue, whose scheduler enqueues periodic tasks), plus the worker
     threads of other queues (`others`: (Huey of the queue, workers) pairs) run under the same loop, signals and
-    graceful shutdown: one process, one scheduler, one keeper and one maintenance thread, and each queue its own
+    graceful shutdown: one process, one scheduler, one keeper and one maintenance, and each queue its own
     workers, so long jobs on one queue never hold up another. `huey` may have 0 workers (a consumer of other
     queues only)."""
     # Periodic tasks: one consumer per tick enqueues them, however many consumers run (app.schedule).
@@ -397,7 +401,8 @@ class NightshiftConsumer(Consumer):
         # Both SIGTERM and SIGINT drain gracefully; a second one stops at once.
         self._signal_actions[signal.SIGINT] = (False, True)
         self._signal_actions[signal.SIGTERM] = (False, True)
-        self.maintenance = Maintenance(hueys)
+        self.maintained = hueys
+        self.maintenance = self._maintenance_process()
         for served in hueys:
             served.on_startup("nightshift_keeper")(lambda: start_keeper(hueys))
         NightshiftWorker.max_memory = max_memory_mb * 2**20
@@ -419,6 +424,9 @@ class NightshiftConsumer(Consumer):
     def _worker_for(self, huey) -> NightshiftWorker:
         return self.worker_class(huey=huey, stop_flag=self.stop_flag, default_delay=self.default_delay,
                                  max_delay=self.max_delay, backoff=self.backoff, max_tasks=self.max_tasks)
+
+    def _maintenance_process(self):
+        return self._create_process(Maintenance(self.huey, self.stop_flag, self.maintained), "Maintenance")
 
     def _schedule_mover(self, huey) -> Scheduler:
         return Scheduler(huey, self.stop_flag, self.scheduler_interval, periodic=False)
@@ -481,6 +489,11 @@ class NightshiftConsumer(Consumer):
                 huey=self.huey, stop_flag=self.stop_flag, interval=self.scheduler_interval, periodic=self.periodic),
                 "Scheduler")
             self.scheduler.start()
+            restarted = True
+        if not self.environment.is_alive(self.maintenance):
+            log.warning("the maintenance %s died, restarting it", self.worker_type)
+            self.maintenance = self._maintenance_process()
+            self.maintenance.start()
             restarted = True
         return not restarted
 
@@ -555,7 +568,9 @@ class NightshiftConsumer(Consumer):
                     break
             self.huey.notify_interrupted_tasks()
         finally:
-            self.maintenance.stop_event.set()
+            self.stop_flag.set()
+            if self.maintenance.ident is not None:  # started: a run under way ends, its next never starts
+                self.maintenance.join(recovery.CONFIRM_SECONDS + 5)
             recycled = self._restart or (self.over_memory and relief.parent_pid() is not None)
             stop_keeper("recycled" if recycled else "stopped")
             if not self._restart:  # KillMode=mixed and `docker stop` signal only this process

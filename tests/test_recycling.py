@@ -5,6 +5,7 @@ so no job waits more than a second; the replaced workers show as `recycled`, nev
 Real consumers as subprocesses; each job's wait is started_at - created_at in the ledger (one clock)."""
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
@@ -53,12 +54,16 @@ def steady_stream(directory, leaks_at: tuple[float, ...] = (), megabytes: int = 
     return ids
 
 
-def finished_once(ids) -> dict[str, float]:
+def finished_once(ids, worker=None) -> dict[str, float]:
     """Wait until every job succeeded; each job's wait in seconds. Every job ran in one attempt: none was handed
     back or recovered while workers came and went."""
     from app.models import Job
-    wait_until(lambda: Job.select().where(Job.id.in_(ids), Job.state == "succeeded").count() == len(ids), 60,
-               interval=0.2, message="every job of the stream succeeded")
+    try:
+        wait_until(lambda: Job.select().where(Job.id.in_(ids), Job.state == "succeeded").count() == len(ids), 60,
+                   interval=0.2, message="every job of the stream succeeded")
+    except AssertionError as exc:
+        states = collections.Counter(job.state for job in Job.select(Job.state).where(Job.id.in_(ids)))
+        raise AssertionError(f"{exc}: {dict(states)}\n{worker.log()[-4000:] if worker else ''}") from None
     jobs = list(Job.select().where(Job.id.in_(ids)))
     assert [job.id for job in jobs if job.attempt != 1] == []
     return {job.id: (job.started_at - job.created_at).total_seconds() for job in jobs}
@@ -80,7 +85,7 @@ def workers_in_status(env) -> list[dict]:
 def test_workers_recycled_after_their_job_count_never_keep_a_job_waiting(env, start_worker, tmp_path, worker_type):
     worker = start_worker(NIGHTSHIFT_WORKER_TYPE=worker_type, NIGHTSHIFT_WORKERS=1, NIGHTSHIFT_MAX_TASKS_PER_WORKER=3)
     ids = steady_stream(tmp_path)
-    assert_no_long_wait(finished_once(ids))
+    assert_no_long_wait(finished_once(ids, worker))
     log = worker.log()
     rows = workers_in_status(env)
     assert not [row for row in rows if row["status"] == "gone"], rows
@@ -96,11 +101,46 @@ def test_workers_recycled_after_their_job_count_never_keep_a_job_waiting(env, st
     assert not [row for row in workers_in_status(env) if row["status"] in ("gone", "alive")]
 
 
+def threads_of(pid: int) -> list[str]:
+    return [Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() for tid in os.listdir(f"/proc/{pid}/task")]
+
+
+def test_a_consumer_of_process_workers_forks_its_replacements_from_a_single_thread(env, start_worker, tmp_path):
+    """fork() copies only the calling thread: a lock another thread holds at that moment (SQLite's, peewee's) stays
+    held forever in the child, which hangs before taking a job while the consumer counts it alive. So the consumer
+    of process workers runs no thread beside its main one: recovery runs in a process of its own, like Huey's
+    scheduler, and every replacement is forked from a single-threaded process."""
+    from app import submit
+    worker = start_worker(NIGHTSHIFT_WORKER_TYPE="process", NIGHTSHIFT_WORKERS=2, NIGHTSHIFT_MAX_TASKS_PER_WORKER=1,
+                          NIGHTSHIFT_LOG_LEVEL="debug")
+    since = time.time()
+    ids, samples = [], []
+    for _ in range(60):
+        ids.append(submit("record_effect", directory=str(tmp_path)))
+        samples.append(len(threads_of(worker.pid)))
+        time.sleep(0.02)
+    worker.wait_recovery_passes(2, since=since)  # recovery runs on, outside the consumer's process
+    finished_once(ids, worker)
+    assert set(samples) == {1}, f"threads in the consumer while it forked: {samples}: {threads_of(worker.pid)}"
+    assert "died" not in worker.log(), worker.log()[-3000:]
+
+
+def test_a_killed_maintenance_process_is_restarted_and_recovery_runs_on(env, start_worker, tmp_path):
+    worker = start_worker(NIGHTSHIFT_WORKER_TYPE="process", NIGHTSHIFT_WORKERS=1, NIGHTSHIFT_LOG_LEVEL="debug")
+    worker.wait_recovery_passes(1)
+    for pid, _ in children_of(worker.pid):  # the worker, the scheduler and the maintenance process
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: "the maintenance process died, restarting it" in worker.log(), 10,
+               message="the maintenance process restarted")
+    worker.wait_recovery_passes(2)
+    assert len(children_of(worker.pid)) == 3, children_of(worker.pid)
+
+
 def test_process_workers_over_the_memory_limit_never_keep_a_job_waiting(leak_env, start_worker, tmp_path):
     # A worker process starts at about 40 MB: one that ran a leak is over the limit.
     worker = start_worker(NIGHTSHIFT_WORKER_TYPE="process", NIGHTSHIFT_WORKERS=1, NIGHTSHIFT_MAX_MEMORY_MB=60)
     ids = steady_stream(tmp_path, leaks_at=LEAKS, megabytes=30)
-    assert_no_long_wait(finished_once(ids))
+    assert_no_long_wait(finished_once(ids, worker))
     assert worker.log().count("over NIGHTSHIFT_MAX_MEMORY_MB") == len(LEAKS)
     rows = workers_in_status(leak_env)
     assert len([row for row in rows if row["status"] == "recycled"]) == len(LEAKS), rows
@@ -117,7 +157,7 @@ def test_a_thread_consumer_over_the_memory_limit_hands_over_to_a_relief_and_rest
     worker = start_worker(NIGHTSHIFT_WORKER_TYPE="thread", NIGHTSHIFT_WORKERS=2, NIGHTSHIFT_MAX_MEMORY_MB=150)
     # The leak comes while a long job runs: the consumer cannot exec before that job ends.
     ids = steady_stream(tmp_path, leaks_at=(1.2,), megabytes=120, long_job_at=1.0)
-    assert_no_long_wait(finished_once(ids))
+    assert_no_long_wait(finished_once(ids, worker))
     wait_until(lambda: "took over: let its relief" in worker.log(), 30,
                message="the restarted consumer let its relief go")
     assert worker.alive() and worker.log().count("over NIGHTSHIFT_MAX_MEMORY_MB") >= 1
