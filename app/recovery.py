@@ -126,7 +126,8 @@ def recover_expired_leases(huey: NightshiftHuey, report: Report, now: datetime.d
     for job in expired:
         losses = job.lease_losses + 1
         if losses > settings.max_lease_losses:
-            reason = (f"lost its lease {'once' if losses == 1 else f'{losses} times'} (its worker died, hung or blocked lease renewal each time; a "
+            how_often = "once" if losses == 1 else f"{losses} times"
+            reason = (f"lost its lease {how_often} (its worker died, hung or blocked lease renewal each time; a "
                       f"task that holds the GIL that long needs a longer lease: @task(lease=SECONDS))")
             if ledger.mark_dead(job.id, reason, job.error, job.traceback, attempt=job.attempt, outcome="lease-lost"):
                 report.lease_dead += 1
