@@ -55,13 +55,23 @@ def runs_on_any_ledger(item: pytest.Item) -> bool:
     return not _looks_at_the_ledger(module.__file__)
 
 
+# The README's test command runs each pass in two phases: the tests marked `serial` alone (they bound a time, or
+# load the machine enough to break such a bound), then the rest side by side with pytest-xdist. Unset: both.
+PHASE = os.environ.get("NIGHTSHIFT_TEST_PHASE", "")
+PHASES = {"": lambda item: True,
+          "serial": lambda item: item.get_closest_marker("serial") is not None,
+          "parallel": lambda item: item.get_closest_marker("serial") is None}
+if PHASE not in PHASES:
+    raise pytest.UsageError(f"NIGHTSHIFT_TEST_PHASE={PHASE!r}: expected serial, parallel or nothing")
+
+
 def pytest_collection_modifyitems(config, items):
-    if not ANY_LEDGER_DONE:
-        return
-    done = {item for item in items if runs_on_any_ledger(item)}
-    if done:
-        config.hook.pytest_deselected(items=[item for item in items if item in done])
-        items[:] = [item for item in items if item not in done]
+    in_phase = PHASES[PHASE]
+    left_out = [item for item in items if not in_phase(item) or (ANY_LEDGER_DONE and runs_on_any_ledger(item))]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        dropped = set(left_out)
+        items[:] = [item for item in items if item not in dropped]
 
 
 def free_port() -> int:

@@ -113,6 +113,7 @@ def test_worker_waits_while_the_database_is_down_and_resumes_by_itself(env, star
 
 @pytest.mark.skipif(USE_PG, reason="the write lock of a SQLite ledger")
 @pytest.mark.parametrize("worker_type", ["thread", "process"])
+@pytest.mark.serial
 def test_a_ledger_locked_longer_than_the_lease_runs_no_job_twice(env, start_worker, tmp_path, worker_type,
                                                                   monkeypatch):
     env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=2, NIGHTSHIFT_RECOVERY_INTERVAL=0.5)
@@ -200,6 +201,7 @@ def test_a_task_in_a_process_worker_can_fork(env, start_worker, tmp_path):
     assert (tmp_path / "forked").exists() and (tmp_path / "spawned").read_text() == "ok\n"
 
 
+@pytest.mark.serial
 def test_recycled_process_workers_do_not_stall_the_queue(env, start_worker, tmp_path):
     from app import submit
     from app.models import Job
@@ -244,6 +246,7 @@ def test_leases_are_judged_by_one_clock(env, start_worker, tmp_path, monkeypatch
     assert len(runs(tmp_path)) == len(ids)
 
 
+@pytest.mark.serial
 def test_a_task_holding_the_gil_past_the_default_lease_runs_once_with_its_own_lease(env, start_worker, tmp_path,
                                                                                       monkeypatch):
     env.set(monkeypatch, NIGHTSHIFT_LEASE_SECONDS=1, NIGHTSHIFT_RECOVERY_INTERVAL=0.5)
@@ -256,6 +259,7 @@ def test_a_task_holding_the_gil_past_the_default_lease_runs_once_with_its_own_le
     assert len(runs(tmp_path)) == 1
 
 
+@pytest.mark.serial
 def test_a_lease_lost_while_the_worker_lived_says_so(env, start_worker, tmp_path, monkeypatch):
     """The job goes dead at its first lost lease: the other consumer's recovery must find it while the GIL is held,
     which takes up to about 2.5 s (the blocked consumer may hold the recovery lock for 2 s, then an interval and

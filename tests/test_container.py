@@ -35,6 +35,7 @@ FINISHED = ("succeeded", "dead", "canceled", "expired")
 
 pytestmark = [
     pytest.mark.container,
+    pytest.mark.serial,  # the image build takes both cores for a minute
     pytest.mark.slow,
     pytest.mark.skipif(os.environ.get("NIGHTSHIFT_SKIP_CONTAINER") == "1",
                        reason="container test disabled by NIGHTSHIFT_SKIP_CONTAINER=1"),

@@ -219,6 +219,7 @@ def test_recovery_still_resends_what_redis_lost_in_chunks(env, monkeypatch):
     assert {task.id for task in huey.pending()} == set(ids)
 
 
+@pytest.mark.serial
 def test_cleanup_never_holds_a_worker_write_long(env, ledger_db, monkeypatch):
     """Cleanup of many expired rows, while a thread writes as a worker (record, claim, finish) on its own
     connection: cleanup removes every expired row, and no write waits longer than 100 ms, or on a machine so busy

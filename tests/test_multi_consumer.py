@@ -16,6 +16,8 @@ import pytest
 
 from conftest import USE_PG, wait_until
 
+pytestmark = pytest.mark.serial  # 5000 jobs through 3 consumers take both cores; it bounds a stall
+
 JOBS = int(os.environ.get("NIGHTSHIFT_TEST_MULTI_JOBS", "5000"))
 CONSUMERS = 3
 BATCH = 500

@@ -80,6 +80,7 @@ def test_routing_by_decorator_by_submit_and_by_the_command_line(env, queues, sta
     assert state(overridden) == "queued" and state(default) == "queued"
 
 
+@pytest.mark.serial
 def test_one_consumer_two_queues_long_jobs_do_not_delay_the_other(env, queues, start_worker):
     from app import submit, submit_many
     worker = start_worker("both", NIGHTSHIFT_QUEUES=f"{queues['slow']}=2,{queues['mail']}=2")

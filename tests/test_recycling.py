@@ -21,6 +21,8 @@ import pytest
 import faults
 from conftest import cli, wait_until
 
+pytestmark = pytest.mark.serial  # every test bounds how long a job waits (MAX_WAIT)
+
 EVERY = 0.05           # a job every 50 ms ...
 STREAM_SECONDS = 10.0  # ... for 10 s
 MAX_WAIT = 1.0         # seconds any job may wait while workers are recycled

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 
 from conftest import cli, wait_until
 
@@ -204,6 +205,7 @@ def inject_poison(huey, key: str) -> dict[bytes, str]:
     return kinds
 
 
+@pytest.mark.serial
 def test_shutdown_lets_short_jobs_finish_and_requeues_long_ones(env, start_worker, tmp_path, monkeypatch):
     env.set(monkeypatch, NIGHTSHIFT_SHUTDOWN_TIMEOUT=1.5)
     from app import ledger, submit

@@ -24,8 +24,11 @@ from conftest import ROOT, wait_until
 
 pytest.importorskip("jinja2", reason="the console's extra is not installed: pip install -e '.[web]'")
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the test extra)")
+from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 
 from test_web import make_dead, make_running, start_console, submit  # noqa: E402
+
+pytestmark = pytest.mark.serial  # chromium takes both cores while it starts
 
 DOCS = ROOT / "docs" / "console"
 
@@ -52,6 +55,17 @@ def browser(chromium):
     driver.implicitly_wait(0)
     yield driver
     driver.quit()
+
+
+def shown(driver, css: str, attribute: str | None = None) -> str:
+    """What the page shows at `css` now (its text, or an attribute), or "" while it is not there: the next page
+    still loading after a click, or the live refresh replacing the element. A wait polls this; a find_element in
+    a wait would fail at its first poll (a CI run did: right after a click, on the page being left)."""
+    try:
+        return " ".join((element.get_attribute(attribute) if attribute else element.text) or ""
+                        for element in driver.find_elements(webdriver.common.by.By.CSS_SELECTOR, css))
+    except StaleElementReferenceException:
+        return ""
 
 
 def shoot(driver, tmp_path, name: str) -> None:
@@ -108,8 +122,7 @@ def test_pages_retry_and_pause_in_a_real_browser(env, browser, tmp_path, start_w
     try:
         browser.get(base + "/")
         assert "Queues" in browser.page_source and queue in browser.page_source
-        wait_until(lambda: "reports" in browser.find_element(by_css, "#overview").text and
-                   "alive" in browser.find_element(by_css, "#overview").text, 20, 0.5,
+        wait_until(lambda: "reports" in shown(browser, "#overview") and "alive" in shown(browser, "#overview"), 20, 0.5,
                    "the live refresh to show the second queue's worker")
         shoot(browser, tmp_path, "overview")
 
@@ -127,7 +140,7 @@ def test_pages_retry_and_pause_in_a_real_browser(env, browser, tmp_path, start_w
         assert browser.find_element(by_css, "#progress").get_attribute("value") == "24"
         shoot(browser, tmp_path, "job-running")
         ledger.record_progress(running, 40, 50, "segment 40 of 50")
-        wait_until(lambda: browser.find_element(by_css, "#progress").get_attribute("value") == "80", 15, 0.3,
+        wait_until(lambda: shown(browser, "#progress", "value") == "80", 15, 0.3,
                    "the progress bar to move without a reload")
         assert "segment 40 of 50" in browser.find_element(by_css, "#progress-note").text
 
@@ -151,7 +164,7 @@ def test_pages_retry_and_pause_in_a_real_browser(env, browser, tmp_path, start_w
         row.find_element(by_css, "button[data-action=pause]").click()
         wait_until(lambda: "Pause queue?" in browser.page_source, 10, message="the confirmation page")
         browser.find_element(by_css, "#confirm").click()
-        wait_until(lambda: "paused" in browser.find_element(by_css, "p.message").text, 10, message="the pause")
+        wait_until(lambda: "paused" in shown(browser, "p.message"), 10, message="the pause")
         assert pausing.is_paused_in_ledger(queue)
         shoot(browser, tmp_path, "overview-paused")
 
