@@ -55,8 +55,9 @@ def runs_on_any_ledger(item: pytest.Item) -> bool:
     return not _looks_at_the_ledger(module.__file__)
 
 
-# The README's test command runs each pass in two phases: the tests marked `serial` alone (they bound a time, or
-# load the machine enough to break such a bound), then the rest side by side with pytest-xdist. Unset: both.
+# The README's test command runs each pass in two phases: the tests not marked `serial` side by side with
+# pytest-xdist, then those marked `serial` alone (they bound a time, or load the machine enough to break such a
+# bound in a test beside them). Unset: every test, in this one process.
 PHASE = os.environ.get("NIGHTSHIFT_TEST_PHASE", "")
 PHASES = {"": lambda item: True,
           "serial": lambda item: item.get_closest_marker("serial") is not None,
