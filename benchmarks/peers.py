@@ -301,18 +301,21 @@ class Run:
         signal_tree(pid, signal.SIGCONT)
         started = time.perf_counter()
         cap = time.monotonic() + self.args.drain_cap
-        left = n
+        left, log_bytes = n, 0
         while left > 0:
             if time.monotonic() > cap:  # too slow to finish in reasonable time: the rate of what it did so far
                 break
             consumer.alive()
             time.sleep(0.003)
             left = remaining(system, self.conn, queue, n, ledger)
+            if ledger is not None and os.path.exists(f"{ledger}-wal"):  # how far the ledger's log grew
+                log_bytes = max(log_bytes, os.path.getsize(f"{ledger}-wal"))
         elapsed = time.perf_counter() - started
         done = n - left
         cpu = (cpu_ticks(pid) - ticks) / os.sysconf("SC_CLK_TCK")
         return {"rate": done / elapsed, "seconds": elapsed, "cpu_us": cpu / max(done, 1) * 1e6, "done": done,
-                "partial": left > 0, "rss_after_mb": rss_mb(pid)}
+                "partial": left > 0, "rss_after_mb": rss_mb(pid),
+                **({"ledger_log_mb": log_bytes / 2**20} if ledger is not None else {})}
 
     def system(self, system: str) -> dict:
         n, result = self.args.jobs, {"loadavg": os.getloadavg()[0]}
@@ -458,6 +461,10 @@ def table(report: dict) -> str:
         ("RSS idle (MB)", lambda r: r.get("rss_idle_mb"), "{:.1f}"),
         ("RSS after 1-worker drain (MB)", lambda r: r.get("drain1", {}).get("rss_after_mb"), "{:.1f}"),
         ("RSS after 4-worker drain (MB)", lambda r: r.get("drain4", {}).get("rss_after_mb"), "{:.1f}"),
+        ("ledger's log, longest in a 1-worker drain (MB)", lambda r: r.get("drain1", {}).get("ledger_log_mb"),
+         "{:.1f}"),
+        ("ledger's log, longest in a 4-worker drain (MB)", lambda r: r.get("drain4", {}).get("ledger_log_mb"),
+         "{:.1f}"),
         ("1-min load average", lambda r: r.get("loadavg"), "{:.2f}"),
     ]
     head = "| figure | " + " | ".join(f"{LABEL[s]} {report['versions'].get(s, '')}".strip() for s in systems) + " |"

@@ -1,0 +1,70 @@
+"""A SQLite ledger's write-ahead log is checkpointed by the consumer's maintenance, not by the commits of submits,
+claims and outcomes (app.checkpoints): such a checkpoint copied the log into the file and fsynced it inside a
+job's path, ~10 ms every few dozen jobs, the p99 of enqueue->start latency.
+
+What a commit did is read from the files themselves: the log's length (a checkpoint that completes lets the next
+commit start the log over), and the database file read without its log (what has been checkpointed into it)."""
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+
+import pytest
+
+from conftest import USE_PG, wait_until
+
+pytestmark = pytest.mark.skipif(USE_PG, reason="write-ahead log checkpoints: a SQLite ledger's")
+
+FRAME = 4096 + 24  # a page of the log and its frame header (SQLite's default page size)
+
+
+def ledger_path(env) -> str:
+    return env["NIGHTSHIFT_DATABASE_URL"].split("sqlite:///", 1)[1]
+
+
+def pages_in_log(path: str) -> int:
+    return max(0, os.path.getsize(path + "-wal") - 32) // FRAME
+
+
+def checkpointed_states(path: str, ids: list[str], tmp_path) -> dict[str, str]:
+    """The jobs' states as the database file holds them without its log: what checkpoints copied into it."""
+    copy = tmp_path / "file-only.db"
+    shutil.copyfile(path, copy)
+    conn = sqlite3.connect(copy)
+    try:
+        rows = conn.execute(f"SELECT id, state FROM nightshift_job WHERE id IN ({','.join('?' * len(ids))})",
+                            ids).fetchall()
+    finally:
+        conn.close()
+        copy.unlink()
+    return dict(rows)
+
+
+def test_submits_leave_the_log_to_grow_past_sqlites_default_checkpoint(env):
+    """No consumer runs: 1,500 submits write well over SQLite's default of 1,000 pages of log, and none of their
+    commits checkpoints it (before, one in ~30 copied and fsynced the log and the log started over)."""
+    from app import db, submit
+    path = ledger_path(env)
+    for _ in range(1500):
+        submit("noop")
+    assert pages_in_log(path) > 1500, f"the log holds {pages_in_log(path)} pages: a submit checkpointed it"
+    assert db.database.obj.execute_sql("PRAGMA wal_autocheckpoint").fetchone()[0] == db.WAL_BACKSTOP_PAGES
+
+
+@pytest.mark.parametrize("worker_type", ["thread", "process"])
+def test_the_consumer_checkpoints_what_its_jobs_wrote(env, start_worker, tmp_path, worker_type):
+    """With a consumer running, a few jobs' outcomes reach the database file within a second or so, though they
+    wrote far fewer pages than any commit's checkpoint waits for (before, they stayed in the log until 1,000 pages
+    had piled up)."""
+    from app import db, submit_many
+    from app.models import Job
+    path = ledger_path(env)
+    start_worker(NIGHTSHIFT_WORKER_TYPE=worker_type, NIGHTSHIFT_WORKERS=2)
+    db.database.obj.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the log starts empty
+    ids = submit_many("noop", [{} for _ in range(5)])
+    wait_until(lambda: Job.select().where(Job.id.in_(ids), Job.state == "succeeded").count() == len(ids), 30,
+               message="5 jobs succeeded")
+    assert pages_in_log(path) < 1000
+    wait_until(lambda: checkpointed_states(path, ids, tmp_path) == dict.fromkeys(ids, "succeeded"), 5,
+               interval=0.1, message="the jobs' outcomes checkpointed into the database file")
