@@ -304,7 +304,7 @@ class Maintenance(BaseProcess):
             self.next_recovery = time.monotonic() + self.interval
         if self.outage.since is None:
             self.checkpoints.run()
-        self.stop_flag.wait(max(0.0, min(checkpoints.EVERY_SECONDS, self.next_recovery - time.monotonic())))
+        self.stop_flag.wait(max(0.0, min(self.checkpoints.pause, self.next_recovery - time.monotonic())))
 
     def recover(self) -> None:
         try:
