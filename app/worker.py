@@ -7,7 +7,7 @@ import logging
 import os
 
 import config
-from app import catalog, keycheck, lifecycle, logs, monitoring
+from app import catalog, db, keycheck, lifecycle, logs, monitoring
 from app.consumer import NightshiftConsumer
 from app.queue import check_queue_name, configure, get_huey
 
@@ -38,6 +38,7 @@ def run(settings: config.Settings, workers: int | None = None, queues: str | Non
     if settings.files_root == config.default_files_root(os.environ):
         os.makedirs(settings.files_root[0], exist_ok=True)  # only the default, beside the default ledger
     configure(settings)
+    db.use_small_page_cache()  # a connection per worker thread, keeper and maintenance
     catalog.load_task_modules(settings.task_modules)
     huey = get_huey()  # the service's queue: its scheduler enqueues periodic tasks, wherever they are routed
     counts = dict(served)

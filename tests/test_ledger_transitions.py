@@ -399,6 +399,32 @@ def test_revive_brings_a_dead_job_back_once_as_a_new_attempt(ledger):
     assert history(ledger, job_id) == [(1, "lease-lost"), (2, "failed"), (3, "succeeded")]
 
 
+def test_every_way_back_to_waiting_leaves_no_finish_time_for_the_claim(ledger):
+    """The claim does not write `finished_at` (issue 16: that would update its index on every claim, a page more
+    per job), so every transition into a waiting state must leave it empty: submit, a retry, a requeue after a
+    lost lease or a shutdown, an operator's retry of a dead job. Each waiting attempt is then claimed and run."""
+    from app.states import WAITING
+    job_id = running(ledger, retries_left=1)
+    eta = ledger.now() + datetime.timedelta(seconds=1)
+    seen = [row(job_id).finished_at]
+    assert ledger.mark_retrying(job_id, 1, 0.2, "E: x", "tb", eta, retries_left=0, retry_delay=1)
+    assert row(job_id).state in WAITING
+    seen.append(row(job_id).finished_at)
+    assert ledger.claim(job_id, 2, "w2", LEASE)
+    assert ledger.requeue(job_id, 2, "interrupted", "worker stopped") == 3
+    seen.append(row(job_id).finished_at)
+    assert ledger.claim(job_id, 3, "w3", LEASE)
+    assert ledger.mark_dead(job_id, "no retries left", "E: y", "tb", attempt=3, duration=0.1)
+    assert row(job_id).finished_at is not None
+    assert ledger.revive(job_id, 1, service()) is not None
+    seen.append(row(job_id).finished_at)
+    assert ledger.claim(job_id, 4, "w4", LEASE)
+    seen.append(row(job_id).finished_at)
+    assert seen == [None] * 5
+    assert ledger.mark_succeeded(job_id, 4, 0.1, None)
+    assert row(job_id).finished_at is not None
+
+
 def test_racing_revives_queue_a_dead_job_once(ledger):
     job_id = running(ledger)
     assert ledger.mark_dead(job_id, "failed", attempt=1)

@@ -19,7 +19,7 @@ import peewee
 import redis
 
 import config
-from app import catalog, ledger, operations, producer
+from app import catalog, db, ledger, operations, producer
 from app.codec import NotJSON
 from app.jobview import ago
 from app.schema import open_ledger
@@ -34,7 +34,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 STATIC = os.path.join(HERE, "static")
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
-SQLITE_CACHE_KIB = 512  # per connection of the console's (see create_app)
 BULK_CAP = 10_000   # jobs one bulk retry or discard acts on at most (the confirmation says so)
 SECURITY_HEADERS = [
     ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
@@ -420,10 +419,7 @@ def _with_message(path: str, message: str) -> str:
 def create_app(settings: config.Settings) -> Console:
     """The console as a WSGI application on the ledger and Redis of `settings` (the entry point's); the task
     catalog is loaded so the console can check submitted jobs and show periodic tasks."""
-    database = open_ledger(settings.database_url)
-    if isinstance(database, peewee.SqliteDatabase):
-        # Each server thread's connection keeps its own page cache (2 MB by default); the console reads by index
-        # and leaves the rest to the OS's file cache, so a small one keeps the process small.
-        database.pragma("cache_size", -SQLITE_CACHE_KIB, permanent=True)
+    open_ledger(settings.database_url)
+    db.use_small_page_cache()  # one connection per server thread
     catalog.load_task_modules(settings.task_modules)
     return Console(settings)
