@@ -238,11 +238,12 @@ def test_the_editable_install_is_a_path_entry_not_an_import_finder():
 def test_a_sqlite_ledger_loads_none_of_peewees_other_backends(tmp_path):
     """Issue 16: every command and consumer imports the CLI and opens the ledger. peewee's URL parser and its
     schema migrator import every backend it has (PostgreSQL, MySQL, CockroachDB, SQLite extensions: ~7 ms and
-    0.8 MB); a SQLite ledger with no column to add needs none of them."""
-    code = ("import sys; from app.cli import main; from app import schema, worker; "
+    0.8 MB); a SQLite ledger with no column to add needs none of them. Nor does a known task name need difflib
+    (5 ms), which only suggests names for a wrong one."""
+    code = ("import sys; from app.cli import main; from app import catalog, schema, worker; "
             f"schema.open_ledger('sqlite:///{tmp_path}/ledger.db'); schema.open_ledger("
-            f"'sqlite:///{tmp_path}/ledger.db', create=False); "
-            "print(sorted(m for m in sys.modules if m.startswith('playhouse')))")
+            f"'sqlite:///{tmp_path}/ledger.db', create=False); catalog.get_task_class('count_primes'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('playhouse', 'difflib'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
