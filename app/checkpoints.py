@@ -12,6 +12,7 @@ rather than contend with them for the checkpoint lock. A PostgreSQL ledger has n
 from __future__ import annotations
 
 import logging
+import math
 
 from app import db
 
@@ -32,7 +33,7 @@ class Checkpoints:
         """Copy the log's pages into the database file. A checkpoint that fails is logged once until one succeeds
         (the next one does its work, and so would the next commit past 1,000 pages)."""
         if not db.is_sqlite():
-            self.pause = BACK_OFF_SECONDS
+            self.pause = math.inf  # nothing to do: Maintenance sleeps until its next recovery run
             return
         try:
             _busy, pages, _copied = db.database.obj.execute_sql("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
