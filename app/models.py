@@ -46,12 +46,15 @@ class Job(BaseModel):
 
     class Meta:
         table_name = "nightshift_job"
+        # Every index is paid for by every submit, claim and outcome (a claim rewrites the entry of each index
+        # that holds `state`), so each one here serves a read that would otherwise scan. app.schema drops the
+        # ones an older version made and this one replaced (schema.OBSOLETE_INDEXES).
         # (state, finished_at) replaced (state, task) in issue 16: cleanup takes the oldest finished jobs of a
-        # state by it, and status the latest dead job; app.schema drops the old index from existing ledgers.
+        # state by it, and status the latest dead job.
         indexes = ((("state", "finished_at"), False),
-                   (("queue", "state", "updated_at"), False),        # lost-message recovery, waiting jobs
-                   (("queue", "state", "lease_expires_at"), False),  # lease recovery
-                   # `list`: the newest jobs of a queue (and state) in index order, never a sort of the whole queue
+                   # `list`: the newest jobs of a queue (and state) in index order, never a sort of the whole
+                   # queue. Recovery reads a queue's waiting and running jobs by its (queue, state) prefix too: it
+                   # reads all of them each pass anyway, and running jobs are few (what the workers hold).
                    (("queue", "state", "created_at"), False),
                    (("finished_at",), False),  # throughput and recent-window figures (app.status)
                    # Newest-first job lists paged by (created_at, id) keys (the console, app.web.queries): one

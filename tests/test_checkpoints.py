@@ -105,3 +105,23 @@ def test_a_consumers_connections_keep_a_small_page_cache(env):
     thread.start()
     thread.join()
     assert sizes == [-db.SMALL_CACHE_KIB] * 2
+
+
+def test_claims_and_successes_write_few_pages_of_log(env):
+    """A claim or an outcome rewrites the entry of every index that holds a column it sets (`state` above all):
+    each such index costs a page or more of log per commit. On a table of 3,000 jobs, 4.4 pages per claim and
+    7.2 per success were measured, against 6.5 and 9.2 while recovery had two indexes of its own
+    ((queue, state, updated_at) and (queue, state, lease_expires_at), now read by (queue, state, created_at))."""
+    from app import db, identity, ledger, submit_many
+    path = ledger_path(env)
+    submit_many("noop", [{}] * 3000)
+    ids = submit_many("noop", [{}] * 40)
+    per_job = []
+    for write in (lambda job_id: ledger.claim(job_id, 1, identity.worker_id(), 30),
+                  lambda job_id: ledger.mark_succeeded(job_id, 1, 0.001, None)):
+        db.database.obj.execute_sql("PRAGMA wal_checkpoint(TRUNCATE)")  # the log starts empty
+        for job_id in ids:
+            assert write(job_id)
+        per_job.append(pages_in_log(path) / len(ids))
+    claim, success = per_job
+    assert claim < 5.5 and success < 8.2, f"{claim:.1f} pages of log per claim, {success:.1f} per success"

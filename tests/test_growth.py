@@ -166,12 +166,30 @@ def test_a_worker_adds_the_indexes_an_older_ledger_lacks(env, ledger_db):
     wanted = {index._name for index in Job._meta.fields_to_index()}
     some = next(name for name in wanted if name.endswith("queue_state_created_at"))  # new in issue 16
     database.execute_sql(f'DROP INDEX "{some}"')
-    database.execute_sql('CREATE INDEX "job_state_task" ON "nightshift_job" ("state", "task")')  # replaced
+    replaced = {"job_state_task": ("state", "task"), "job_queue_state_updated_at": ("queue", "state", "updated_at"),
+                "job_queue_state_lease_expires_at": ("queue", "state", "lease_expires_at")}
+    for name, columns in replaced.items():
+        database.execute_sql(f'CREATE INDEX "{name}" ON "nightshift_job" ({", ".join(map(repr, columns))})'
+                             .replace("'", '"'))
     assert some not in {index.name for index in database.get_indexes(Job._meta.table_name)}
     schema._url = None  # as a worker that starts on the older ledger
     schema.open_ledger(env["NIGHTSHIFT_DATABASE_URL"])
     present = {index.name for index in database.get_indexes(Job._meta.table_name)}
-    assert wanted <= present and "job_state_task" not in present
+    assert wanted <= present and not present & set(replaced), present
+
+
+def test_recovery_reads_only_the_waiting_and_running_jobs_of_its_queue(grown, env, monkeypatch):
+    """Both recoveries find their jobs by an index range over (queue, state): the finished jobs, however many,
+    are never read."""
+    env.set(monkeypatch, NIGHTSHIFT_RECOVERY_GRACE=0)
+    from app import recovery, submit_many
+    from app.queue import get_huey
+    submit_many("noop", [{}] * 5)
+    with Plans() as plans:
+        report = recovery.recover(get_huey())
+    assert report.queued_in_redis == 5 and report.resent == 0
+    reads = [(sql, plan) for sql, plan in plans.seen if '"state"' in sql]
+    assert len(reads) >= 2 and not plans.scans(), plans.seen
 
 
 def test_recovery_memory_is_bounded_by_ids_not_rows(env, monkeypatch):

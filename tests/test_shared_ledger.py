@@ -103,7 +103,7 @@ def test_an_old_ledger_of_one_service_gets_the_queue_column_and_its_rows_that_qu
     reopen(env["NIGHTSHIFT_DATABASE_URL"])  # idempotent
     assert ledger.get("old-1").queue == "the-old-queue"
     indexes = {i.name for i in db.database.obj.get_indexes("nightshift_job")}
-    assert "job_queue_state_updated_at" in indexes
+    assert "job_queue_state_created_at" in indexes
 
 
 def test_an_old_ledger_shared_by_several_services_leaves_old_rows_alone(env, monkeypatch):
