@@ -24,7 +24,7 @@ class Job(BaseModel):
     priority = peewee.IntegerField(default=0)
     timeout = peewee.FloatField(null=True)
     eta = peewee.DateTimeField(null=True)              # not to run before (UTC)
-    key = peewee.CharField(max_length=255, null=True, unique=True)  # idempotency key
+    key = peewee.CharField(max_length=255, null=True)  # idempotency key, unique (job_by_key below)
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
     started_at = peewee.DateTimeField(null=True)
@@ -49,20 +49,27 @@ class Job(BaseModel):
         # Every index is paid for by every submit, claim and outcome (a claim rewrites the entry of each index
         # that holds `state`), so each one here serves a read that would otherwise scan. app.schema drops the
         # ones an older version made and this one replaced (schema.OBSOLETE_INDEXES).
-        # (state, finished_at) replaced (state, task) in issue 16: cleanup takes the oldest finished jobs of a
-        # state by it, and status the latest dead job.
-        indexes = ((("state", "finished_at"), False),
-                   # `list`: the newest jobs of a queue (and state) in index order, never a sort of the whole
+        indexes = (# `list`: the newest jobs of a queue (and state) in index order, never a sort of the whole
                    # queue. Recovery reads a queue's waiting and running jobs by its (queue, state) prefix too: it
                    # reads all of them each pass anyway, and running jobs are few (what the workers hold).
                    (("queue", "state", "created_at"), False),
-                   (("finished_at",), False),  # throughput and recent-window figures (app.status)
                    # Newest-first job lists paged by (created_at, id) keys (the console, app.web.queries): one
                    # ordered index for all jobs and one per filter that is usually selective, so a page reads
                    # about as many index entries as it shows, however many millions of rows the ledger holds.
                    (("created_at", "id"), False),
                    (("state", "created_at", "id"), False),
                    (("task", "created_at", "id"), False))
+
+
+# Partial indexes, of the rows that have the column set: a job is written without an entry in one that leaves
+# it out. Every read by such a column compares it, which no row without it can match, so each such read can use
+# them. The idempotency key: most jobs have none (job_by_key replaced the field's unique index, job_key).
+Job.add_index(Job.index(Job.key, unique=True, name="job_by_key", where=Job.key.is_null(False)))
+# Finished jobs only: a submit and a claim write no entry in either, an outcome one.
+# Cleanup takes the oldest finished jobs of a state by the first (it replaced (state, task) in issue 16); the
+# throughput and recent-window figures (app.status, the console) range over the second.
+Job.add_index(Job.index(Job.state, Job.finished_at, name="job_finished_by_state", where=Job.finished_at.is_null(False)))
+Job.add_index(Job.index(Job.finished_at, name="job_finished_by_time", where=Job.finished_at.is_null(False)))
 
 
 class Attempt(BaseModel):

@@ -82,7 +82,9 @@ def has_tables(db: peewee.Database) -> bool:
 # Indexes an older version made that this one replaced: every index costs each job's writes, so they go.
 OBSOLETE_INDEXES = ("job_state_task",  # by (state, finished_at), issue 16
                     # recovery's: its reads use (queue, state, created_at), one index less for every claim to write
-                    "job_queue_state_updated_at", "job_queue_state_lease_expires_at")
+                    "job_queue_state_updated_at", "job_queue_state_lease_expires_at",
+                    # replaced by indexes of the finished jobs only (app.models): no entry for a submit or a claim
+                    "job_state_finished_at", "job_finished_at", "job_key")
 
 
 def create_tables(db: peewee.Database) -> None:

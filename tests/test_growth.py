@@ -167,7 +167,9 @@ def test_a_worker_adds_the_indexes_an_older_ledger_lacks(env, ledger_db):
     some = next(name for name in wanted if name.endswith("queue_state_created_at"))  # new in issue 16
     database.execute_sql(f'DROP INDEX "{some}"')
     replaced = {"job_state_task": ("state", "task"), "job_queue_state_updated_at": ("queue", "state", "updated_at"),
-                "job_queue_state_lease_expires_at": ("queue", "state", "lease_expires_at")}
+                "job_queue_state_lease_expires_at": ("queue", "state", "lease_expires_at"),
+                "job_state_finished_at": ("state", "finished_at"), "job_finished_at": ("finished_at",),
+                "job_key": ("key",)}
     for name, columns in replaced.items():
         database.execute_sql(f'CREATE INDEX "{name}" ON "nightshift_job" ({", ".join(map(repr, columns))})'
                              .replace("'", '"'))
