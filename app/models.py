@@ -49,10 +49,10 @@ class Job(BaseModel):
         # Every index is paid for by every submit, claim and outcome (a claim rewrites the entry of each index
         # that holds `state`), so each one here serves a read that would otherwise scan. app.schema drops the
         # ones an older version made and this one replaced (schema.OBSOLETE_INDEXES).
-        indexes = (# `list`: the newest jobs of a queue (and state) in index order, never a sort of the whole
-                   # queue. Recovery reads a queue's waiting and running jobs by its (queue, state) prefix too: it
-                   # reads all of them each pass anyway, and running jobs are few (what the workers hold).
-                   (("queue", "state", "created_at"), False),
+        # `list`: the newest jobs of a queue (and state) in index order, never a sort of the whole queue.
+        # Recovery reads a queue's waiting and running jobs by its (queue, state) prefix too: it reads all of them
+        # each pass anyway, and running jobs are few (what the workers hold).
+        indexes = ((("queue", "state", "created_at"), False),
                    # Newest-first job lists paged by (created_at, id) keys (the console, app.web.queries): one
                    # ordered index for all jobs and one per filter that is usually selective, so a page reads
                    # about as many index entries as it shows, however many millions of rows the ledger holds.
@@ -68,8 +68,9 @@ Job.add_index(Job.index(Job.key, unique=True, name="job_by_key", where=Job.key.i
 # Finished jobs only: a submit and a claim write no entry in either, an outcome one.
 # Cleanup takes the oldest finished jobs of a state by the first (it replaced (state, task) in issue 16); the
 # throughput and recent-window figures (app.status, the console) range over the second.
-Job.add_index(Job.index(Job.state, Job.finished_at, name="job_finished_by_state", where=Job.finished_at.is_null(False)))
-Job.add_index(Job.index(Job.finished_at, name="job_finished_by_time", where=Job.finished_at.is_null(False)))
+_finished_only = Job.finished_at.is_null(False)
+Job.add_index(Job.index(Job.state, Job.finished_at, name="job_finished_by_state", where=_finished_only))
+Job.add_index(Job.index(Job.finished_at, name="job_finished_by_time", where=_finished_only))
 
 
 class Attempt(BaseModel):

@@ -83,7 +83,8 @@ def has_tables(db: peewee.Database) -> bool:
 OBSOLETE_INDEXES = ("job_state_task",  # by (state, finished_at), issue 16
                     # recovery's: its reads use (queue, state, created_at), one index less for every claim to write
                     "job_queue_state_updated_at", "job_queue_state_lease_expires_at",
-                    # replaced by indexes of the finished jobs only (app.models): no entry for a submit or a claim
+                    # replaced by partial indexes of the rows with the column set (app.models): a submit and a
+                    # claim write no entry in them
                     "job_state_finished_at", "job_finished_at", "job_key")
 
 

@@ -171,8 +171,8 @@ def test_a_worker_adds_the_indexes_an_older_ledger_lacks(env, ledger_db):
                 "job_state_finished_at": ("state", "finished_at"), "job_finished_at": ("finished_at",),
                 "job_key": ("key",)}
     for name, columns in replaced.items():
-        database.execute_sql(f'CREATE INDEX "{name}" ON "nightshift_job" ({", ".join(map(repr, columns))})'
-                             .replace("'", '"'))
+        quoted = ", ".join(f'"{column}"' for column in columns)
+        database.execute_sql(f'CREATE INDEX "{name}" ON "nightshift_job" ({quoted})')
     assert some not in {index.name for index in database.get_indexes(Job._meta.table_name)}
     schema._url = None  # as a worker that starts on the older ledger
     schema.open_ledger(env["NIGHTSHIFT_DATABASE_URL"])
