@@ -366,16 +366,18 @@ class TickScheduler(Scheduler):
         self.won += 1
         stamp = now or datetime.datetime.fromtimestamp(start, datetime.UTC).replace(tzinfo=None)
         tasks = self.huey.read_periodic(stamp)
-        enqueued = 0
+        enqueued = []
         for task in tasks:
             try:
                 self.huey.enqueue(task)  # attempt is None: recorded in the ledger first, like any job
-                enqueued += 1
+                enqueued.append(task)
             except Exception:  # noqa: BLE001
                 scheduler_log.exception("could not enqueue periodic task %s", type(task).__name__)
-        scheduler_log.info("periodic tick %d won by %s: enqueued %d task(s)%s", start, identity.WORKER_ID, enqueued,
-                 (": " + ", ".join(type(t).__name__ for t in tasks)) if tasks else "",
-                 extra={"tick": start, "enqueued": enqueued})
+        # Each task with its job id: which ledger job a tick made is read from the log, not guessed from times.
+        made = ", ".join(f"{type(t).__name__} {t.id}" for t in enqueued)
+        scheduler_log.info("periodic tick %d won by %s: enqueued %d task(s)%s", start, identity.WORKER_ID,
+                           len(enqueued), f": {made}" if made else "",
+                           extra={"tick": start, "enqueued": len(enqueued), "jobs": [t.id for t in enqueued]})
 
 
 class NightshiftConsumer(Consumer):
