@@ -464,9 +464,9 @@ def list_jobs(state: str | None = None, task: str | None = None, limit: int = 50
               queues: Iterable[str | None] | None = None) -> list[Job]:
     """Newest jobs first; of the given queues only (see in_queues; None: every job).
 
-    With queues, read as the newest `limit` of each (queue, state) in the order of the (queue, state, created_at)
-    index, merged here: one ORDER BY over all of a queue's jobs had the database sort every one of them (seconds
-    on a ledger of a million finished jobs) to return fifty."""
+    With queues, read as the newest `limit` of each (queue, state) in the order of the
+    (queue, state, created_at, id) index, merged here: one ORDER BY over all of a queue's jobs had the database
+    sort every one of them (seconds on a ledger of a million finished jobs) to return fifty."""
     if queues is None:
         query = Job.select()
         if state:

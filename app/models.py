@@ -51,8 +51,9 @@ class Job(BaseModel):
         # ones an older version made and this one replaced (schema.OBSOLETE_INDEXES).
         # `list`: the newest jobs of a queue (and state) in index order, never a sort of the whole queue.
         # Recovery reads a queue's waiting and running jobs by its (queue, state) prefix too: it reads all of them
-        # each pass anyway, and running jobs are few (what the workers hold).
-        indexes = ((("queue", "state", "created_at"), False),
+        # each pass anyway, and running jobs are few (what the workers hold); it pages the waiting ones by
+        # (created_at, id) keys, which `id` here lets it seek to, however many jobs share a created_at.
+        indexes = ((("queue", "state", "created_at", "id"), False),
                    # Newest-first job lists paged by (created_at, id) keys (the console, app.web.queries): one
                    # ordered index for all jobs and one per filter that is usually selective, so a page reads
                    # about as many index entries as it shows, however many millions of rows the ledger holds.

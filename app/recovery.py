@@ -16,8 +16,10 @@ import datetime
 import logging
 import re
 import time
+from collections.abc import Iterator
 
 from huey.api import Task
+from peewee import Tuple
 
 from app import catalog, clock, events, keys, ledger, producer
 from app.producer import task_from_row
@@ -30,6 +32,7 @@ log = logging.getLogger("nightshift.recovery")
 _ID = re.compile(rb'"id":"([^"]+)"')
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 SCAN_CHUNK = 5000
+PAGE = 5000  # waiting jobs read from the ledger per statement (waiting_jobs)
 # A message a worker has popped but not yet claimed in the ledger is in neither place. Jobs that look lost are
 # looked up again this long after the scan, once that worker's claim has landed, before they are sent again.
 CONFIRM_SECONDS = 1.0
@@ -142,13 +145,37 @@ def recover_expired_leases(huey: NightshiftHuey, report: Report, now: datetime.d
     report.lease_requeued += len(_resend(huey, requeued, report))
 
 
+def waiting_jobs(queue: str, cutoff: datetime.datetime) -> Iterator[tuple[str, int]]:
+    """(id, attempt) of the queue's waiting jobs last changed before `cutoff`, read PAGE at a time by
+    (created_at, id) keys from the (queue, state, created_at, id) index.
+
+    Each page is read whole before it is handed out, so no read snapshot outlives its statement. One statement
+    streaming every waiting job kept its snapshot for the whole pass, and no checkpoint can copy a SQLite
+    ledger's log past a snapshot a reader still holds: the log reached 227-243 MB while a consumer's recovery
+    went through a backlog of 200,000 jobs that its workers were draining."""
+    for state in WAITING:
+        waiting = Job.select(Job.id, Job.attempt, Job.created_at).where(
+            Job.queue == queue, Job.state == state, Job.updated_at < cutoff).order_by(Job.created_at, Job.id)
+        page = list(waiting.limit(PAGE).tuples())
+        while page:
+            for job_id, attempt, _created_at in page:
+                yield job_id, attempt
+            if len(page) < PAGE:
+                break
+            last_id, _attempt, last_created_at = page[-1]
+            after = Tuple(Job.created_at, Job.id) > Tuple(Job.created_at.to_value(last_created_at),
+                                                           Job.id.to_value(last_id))
+            page = list(waiting.where(after).limit(PAGE).tuples())
+
+
 def recover_lost_messages(huey: NightshiftHuey, report: Report, now: datetime.datetime) -> None:
     """Send again the waiting jobs whose message is neither queued nor scheduled.
 
     Memory is one compact id per message on Redis, whatever the backlog: the ids on Redis are read first, then
-    the ledger's waiting jobs stream past them as (id, attempt) pairs and only the missing ones are kept; full
-    rows are read CONFIRM_CHUNK at a time, each chunk sent before the next is read. (Loading every waiting job
-    as a row object took a consumer to ~190 MB when it started on a backlog of 200,000 jobs.)
+    the ledger's waiting jobs go past them as (id, attempt) pairs, a page at a time (waiting_jobs), and only the
+    missing ones are kept; full rows are read CONFIRM_CHUNK at a time, each chunk sent before the next is read.
+    (Loading every waiting job as a row object took a consumer to ~190 MB when it started on a backlog of
+    200,000 jobs.)
 
     A message a worker pops while Redis is read is missing from the scan, and its job still looks waiting in the
     ledger until that worker's claim lands: jobs that look lost are looked up again CONFIRM_SECONDS later, and
@@ -157,9 +184,7 @@ def recover_lost_messages(huey: NightshiftHuey, report: Report, now: datetime.da
     cutoff = now - datetime.timedelta(seconds=huey.settings.recovery_grace)
     present = message_ids(huey)
     report.queued_in_redis = len(present)
-    missing = [(job_id, attempt) for job_id, attempt in
-               Job.select(Job.id, Job.attempt).where(Job.queue == huey.name, Job.state.in_(WAITING),
-                                                     Job.updated_at < cutoff).tuples().iterator()
+    missing = [(job_id, attempt) for job_id, attempt in waiting_jobs(huey.name, cutoff)
                if compact_id(job_id) not in present]
     del present
     if missing:

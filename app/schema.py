@@ -81,11 +81,13 @@ def has_tables(db: peewee.Database) -> bool:
 
 # Indexes an older version made that this one replaced: every index costs each job's writes, so they go.
 OBSOLETE_INDEXES = ("job_state_task",  # by (state, finished_at), issue 16
-                    # recovery's: its reads use (queue, state, created_at), one index less for every claim to write
+                    # recovery's: its reads use (queue, state, created_at, id), one index less for every claim to write
                     "job_queue_state_updated_at", "job_queue_state_lease_expires_at",
                     # replaced by partial indexes of the rows with the column set (app.models): a submit and a
                     # claim write no entry in them
-                    "job_state_finished_at", "job_finished_at", "job_key")
+                    "job_state_finished_at", "job_finished_at", "job_key",
+                    # by (queue, state, created_at, id): recovery pages the waiting jobs by (created_at, id)
+                    "job_queue_state_created_at")
 
 
 def create_tables(db: peewee.Database) -> None:

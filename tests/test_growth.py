@@ -164,12 +164,12 @@ def test_a_worker_adds_the_indexes_an_older_ledger_lacks(env, ledger_db):
     from app.db import database
     from app.models import Job
     wanted = {index._name for index in Job._meta.fields_to_index()}
-    some = next(name for name in wanted if name.endswith("queue_state_created_at"))  # new in issue 16
+    some = next(name for name in wanted if name.endswith("queue_state_created_at_id"))  # new in issue 16
     database.execute_sql(f'DROP INDEX "{some}"')
     replaced = {"job_state_task": ("state", "task"), "job_queue_state_updated_at": ("queue", "state", "updated_at"),
                 "job_queue_state_lease_expires_at": ("queue", "state", "lease_expires_at"),
                 "job_state_finished_at": ("state", "finished_at"), "job_finished_at": ("finished_at",),
-                "job_key": ("key",)}
+                "job_key": ("key",), "job_queue_state_created_at": ("queue", "state", "created_at")}
     for name, columns in replaced.items():
         quoted = ", ".join(f'"{column}"' for column in columns)
         database.execute_sql(f'CREATE INDEX "{name}" ON "nightshift_job" ({quoted})')
@@ -191,7 +191,67 @@ def test_recovery_reads_only_the_waiting_and_running_jobs_of_its_queue(grown, en
         report = recovery.recover(get_huey())
     assert report.queued_in_redis == 5 and report.resent == 0
     reads = [(sql, plan) for sql, plan in plans.seen if '"state"' in sql]
-    assert len(reads) >= 2 and not plans.scans(), plans.seen
+    assert len(reads) >= 2 and not plans.scans() and not plans.full_sorts(), plans.seen
+
+
+def test_recovery_pages_the_waiting_jobs_by_key_and_resends_each_lost_one_once(env, monkeypatch):
+    """Redis lost a backlog whose jobs share created_at values across page boundaries, in both waiting states:
+    read a few at a time by (created_at, id) keys, every one is sent again, once."""
+    env.set(monkeypatch, NIGHTSHIFT_RECOVERY_GRACE=0)
+    from app import ledger, recovery, submit_many
+    from app.models import Job
+    from app.queue import get_huey
+    monkeypatch.setattr(recovery, "PAGE", 7)
+    monkeypatch.setattr(recovery, "CONFIRM_SECONDS", 0.0)
+    huey = get_huey()
+    ids = submit_many("noop", [{}] * 60)
+    tied = datetime.datetime.utcnow() - datetime.timedelta(minutes=5)
+    Job.update(created_at=tied).where(Job.id.in_(ids[:25])).execute()  # 25 jobs, one created_at: 4 pages
+    Job.update(state="retrying").where(Job.id.in_(ids[40:])).execute()
+    huey.storage.conn.delete(huey.storage.queue_key)
+    time.sleep(0.05)
+    with Plans() as plans:
+        report = recovery.Report()
+        recovery.recover_lost_messages(huey, report, ledger.now())
+    assert report.resent == 60
+    sent = [task.id for task in huey.pending()]
+    assert sorted(sent) == sorted(ids)
+    pages = [(sql, plan) for sql, plan in plans.seen if "LIMIT" in sql.upper() and '"state" =' in sql]
+    assert len(pages) == 6 + 3 and not plans.scans() and not plans.full_sorts(), pages  # 40 queued, 20 retrying
+
+
+@pytest.mark.skipif(USE_PG, reason="SQLite's write-ahead log")
+def test_recovery_holds_no_read_snapshot_while_it_goes_through_the_waiting_jobs(env, monkeypatch):
+    """Halfway through the waiting jobs, another connection commits and checkpoints: the checkpoint copies the
+    whole log. (One statement streaming every waiting job held its snapshot for the whole pass, so a checkpoint
+    could not get past it, and the log of a ledger being drained grew by hundreds of MB during a long pass.)"""
+    import sqlite3
+    env.set(monkeypatch, NIGHTSHIFT_RECOVERY_GRACE=0)
+    from app import ledger, recovery, submit_many
+    from app.queue import get_huey
+    monkeypatch.setattr(recovery, "PAGE", 100)
+    huey = get_huey()
+    submit_many("noop", [{}] * 300)
+    huey.storage.conn.delete(huey.storage.queue_key)  # Redis lost them: every id recovery reads is a ledger row
+    time.sleep(0.05)
+    other = sqlite3.connect(env["NIGHTSHIFT_DATABASE_URL"].removeprefix("sqlite:///"), isolation_level=None)
+    checkpoints, calls = [], [0]
+    original = recovery.compact_id
+
+    def compact_id(job_id):
+        calls[0] += 1
+        if calls[0] == 150:  # in the second page
+            other.execute("CREATE TABLE probe (x)")  # a commit after the page's read began
+            other.execute("INSERT INTO probe VALUES (1)")
+            checkpoints.append(other.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
+        return original(job_id)
+    monkeypatch.setattr(recovery, "compact_id", compact_id)
+    try:
+        recovery.recover_lost_messages(huey, recovery.Report(), ledger.now())
+    finally:
+        other.close()
+    [(busy, log_frames, copied)] = checkpoints
+    assert log_frames > 0 and copied == log_frames, f"checkpoint copied {copied} of {log_frames} frames"
 
 
 def test_recovery_memory_is_bounded_by_ids_not_rows(env, monkeypatch):

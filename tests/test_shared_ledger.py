@@ -67,7 +67,8 @@ def test_two_services_on_one_ledger_do_not_touch_each_others_jobs(env, start_wor
 
 def make_old_ledger(db) -> None:
     """Turn this test's fresh ledger into one as the version before `queue` left it."""
-    for index in ("job_queue_state_updated_at", "job_queue_state_lease_expires_at", "job_queue_state_created_at"):
+    for index in ("job_queue_state_updated_at", "job_queue_state_lease_expires_at", "job_queue_state_created_at",
+                  "job_queue_state_created_at_id"):
         db.execute_sql(f'DROP INDEX IF EXISTS "{index}"')
     db.execute_sql('ALTER TABLE "nightshift_job" DROP COLUMN "queue"')
 
@@ -103,7 +104,7 @@ def test_an_old_ledger_of_one_service_gets_the_queue_column_and_its_rows_that_qu
     reopen(env["NIGHTSHIFT_DATABASE_URL"])  # idempotent
     assert ledger.get("old-1").queue == "the-old-queue"
     indexes = {i.name for i in db.database.obj.get_indexes("nightshift_job")}
-    assert "job_queue_state_created_at" in indexes
+    assert "job_queue_state_created_at_id" in indexes
 
 
 def test_an_old_ledger_shared_by_several_services_leaves_old_rows_alone(env, monkeypatch):
