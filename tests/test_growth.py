@@ -111,6 +111,20 @@ def test_list_reads_the_newest_jobs_in_index_order(grown):
     assert [job.id for job in both] == [job.id for job in newest]
 
 
+def test_schedule_finds_each_periodic_tasks_last_run_by_one_index_seek(grown, env, monkeypatch):
+    """`nightshift schedule`: the newest job of each periodic task from the (task, created_at, id) index."""
+    env.set(monkeypatch, NIGHTSHIFT_TASK_MODULES="tasks,sample_tasks,periodic_tasks")
+    from app import catalog, status
+    from huey.api import PeriodicTask
+    periodic = [name for name, cls in catalog.task_classes().items() if issubclass(cls, PeriodicTask)]
+    assert "tick_probe" in periodic
+    with Plans() as plans:
+        rows = status.schedule_rows(60)
+    assert len(rows) == len(periodic)
+    lookups = [(sql, plan) for sql, plan in plans.seen if '"task" =' in sql]
+    assert len(lookups) == len(periodic) and not plans.scans() and not plans.full_sorts(), plans.seen
+
+
 def test_show_finds_a_job_by_prefix_through_the_primary_key(grown):
     from app import ledger
     _, ids = grown
