@@ -292,7 +292,10 @@ def clean_redis(report: Report, queues: list[str], now: datetime.datetime, setti
     unlink_checked = conn.register_script(UNLINK_CHECKED)
     alive_anywhere = ledger.alive_worker_ids(None, now, settings)
     alive = {h.name: ledger.alive_worker_ids(h.name, now, settings) for h in hueys}
-    wall = time.time()
+    # A lock's age is taken as of `now` too, the instant the holders' liveness is judged at (the cleanup's start).
+    # Measured later, after a long ledger cleanup, a lock taken just before the cleanup began looked too old for a
+    # holder that had not beaten yet, though that holder was judged as of the start.
+    wall = time.time() - (ledger.now() - now).total_seconds()
 
     def handle(huey: NightshiftHuey, found: list[bytes]) -> None:
         prefix = huey.storage.result_prefix

@@ -246,3 +246,23 @@ def test_schedule_words_and_strict_cron(spec, words):
     assert describe(spec) == words
     with pytest.raises(ValueError):
         parse("*/x * * * *")
+
+
+def test_locks_are_judged_at_the_instant_their_holders_are(env, ledger_db):
+    """A cleanup whose ledger part took a minute: a lock whose holder had taken it a second before the cleanup
+    began, and that nobody knew yet, is kept, as the holder's liveness was judged at that start."""
+    import config
+    from app import cleanup, ledger
+    from app.queue import get_huey
+    huey, settings = get_huey(), config.get()
+    began = ledger.now() - datetime.timedelta(seconds=60)
+    fresh = huey.storage.result_key(f"{huey.name}.lock.fresh-at-start")
+    old = huey.storage.result_key(f"{huey.name}.lock.old-at-start")
+    taken = lambda ago: huey.serializer.serialize({"holder": "newhost:3", "since": time.time() - ago})  # noqa: E731
+    huey.storage.conn.set(fresh, taken(61))     # one second before the cleanup began
+    huey.storage.conn.set(old, taken(60 + 3600))
+    report = cleanup.Report()
+    cleanup.clean_redis(report, [huey.name], began, settings)
+    assert huey.storage.conn.exists(fresh) and not huey.storage.conn.exists(old)
+    assert report.locks == 1
+
