@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import peewee
 from huey.api import PeriodicTask
-from peewee import fn
+from peewee import SQL, fn
 
 import config
 from app import catalog, ledger, pausing
@@ -127,22 +127,27 @@ def of_queues_in_window(queues: Iterable[str | None] | str) -> peewee.Expression
 
 def queue_counts(stamp: datetime.datetime, queue: str | None) -> dict:
     """Jobs waiting (due now), scheduled (eta in the future), running, retrying (part of waiting/scheduled) and
-    dead, in one grouped query on the state index; plus how long the longest-waiting due job has waited.
-    Of `queue` (None: jobs without a queue)."""
+    dead, in two grouped queries on the (queue, state, ...) index; plus how long the longest-waiting due job has
+    waited. Of `queue` (None: jobs without a queue).
+
+    Running and dead jobs are counted apart from the waiting ones, whose `eta` is read from the table: counted
+    together, every dead job kept within retention was read from the table too (10,000 on a grown ledger: 20-85
+    ms of PostgreSQL's `status`), where the index alone can count them."""
     mine = of_queues([queue])
     future = peewee.Case(None, [(Job.eta > stamp, 1)], 0)
     counts = {"waiting": 0, "scheduled": 0, "running": 0, "retrying": 0, "dead": 0}
-    query = (Job.select(Job.state, fn.COUNT(Job.id), fn.SUM(future))
-             .where(mine, Job.state.in_(WAITING + (State.RUNNING, State.DEAD))).group_by(Job.state).tuples())
-    for state, total, scheduled in query:
+    waiting = (Job.select(Job.state, fn.COUNT(Job.id), fn.SUM(future))
+               .where(mine, Job.state.in_(WAITING)).group_by(Job.state).tuples())
+    for state, total, scheduled in waiting:
         scheduled = int(scheduled or 0)
-        if state in WAITING:
-            counts["scheduled"] += scheduled
-            counts["waiting"] += total - scheduled
-            if state == State.RETRYING:
-                counts["retrying"] += total
-        else:
-            counts[state] += total
+        counts["scheduled"] += scheduled
+        counts["waiting"] += total - scheduled
+        if state == State.RETRYING:
+            counts["retrying"] += total
+    held = (Job.select(Job.state, fn.COUNT(SQL("*"))).where(mine, Job.state.in_((State.RUNNING, State.DEAD)))
+            .group_by(Job.state).tuples())
+    for state, total in held:
+        counts[state] += total
     # Due since: its eta, or when it was queued (created, requeued or set to retry without a delay).
     oldest = _dt(Job.select(fn.MIN(fn.COALESCE(Job.eta, Job.updated_at))).where(
         mine, Job.state.in_(WAITING), Job.eta.is_null() | (Job.eta <= stamp)).scalar())

@@ -154,6 +154,23 @@ def test_status_window_figures_range_over_finished_at(grown, env):
         assert all("finished_at>?" in " ".join(plan) for plan in windowed), windowed
 
 
+def test_status_counts_running_and_dead_jobs_from_the_index_alone(grown, env):
+    """The dead jobs kept within retention grow with the ledger: `status` counts them (and the running ones) from
+    the (queue, state, created_at, id) index without reading their rows; only the waiting ones' eta is read."""
+    from app import ledger, status
+    from app.db import database
+    if USE_PG:
+        database.execute_sql("VACUUM ANALYZE nightshift_job")  # an index-only scan needs the visibility map
+    with Plans() as plans:
+        counts = status.queue_counts(ledger.now(), env["NIGHTSHIFT_QUEUE"])
+    assert counts["dead"] == 20
+    held = [plan for sql, plan in plans.seen if "COUNT(*)" in sql]  # the count of the running and dead ones
+    assert held, plans.seen
+    for plan in held:
+        text = " ".join(plan)
+        assert "COVERING INDEX" in text or "Index Only Scan" in text, plan
+
+
 def test_cleanup_finds_each_batch_by_index_and_deletes_it_by_id(env, ledger_db):
     """Each batch: the oldest finished jobs of a state from the (state, finished_at) index, then deleted by id;
     never a read of every job of the state per batch (what made a 1,000,000-row cleanup quadratic on SQLite)."""
