@@ -13,8 +13,8 @@ messages on Redis). Then, at once:
 
 and prints the longest the log got while recovery ran, how long a pass took, and how many jobs the worker
 finished meanwhile. The log file starts empty (checkpointed and truncated after the submits), and its size is
-the most it held since (SQLite reuses the file from its start after a checkpoint, and only grows it). A reader's snapshot keeps every checkpoint from copying the log past it, so the log shows how
-long recovery's reads held one.
+the most it held since (SQLite reuses the file from its start after a checkpoint, and only grows it). A reader's
+snapshot keeps every checkpoint from copying the log past it, so the log shows how long recovery's reads held one.
 """
 from __future__ import annotations
 
