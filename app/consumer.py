@@ -377,7 +377,7 @@ class TickScheduler(Scheduler):
         made = ", ".join(f"{type(t).__name__} {t.id}" for t in enqueued)
         scheduler_log.info("periodic tick %d won by %s: enqueued %d task(s)%s", start, identity.WORKER_ID,
                            len(enqueued), f": {made}" if made else "",
-                           extra={"tick": start, "enqueued": len(enqueued), "jobs": [t.id for t in enqueued]})
+                           extra={"tick": start, "enqueued": len(enqueued)})
 
 
 class NightshiftConsumer(Consumer):
