@@ -16,6 +16,7 @@ Standard library only, so helpers, the app and the CLI can all use it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import re
 import urllib.parse
@@ -114,13 +115,26 @@ def _mask_pair(pair: str) -> str:
     return pair
 
 
+REMEMBERED_TEXT_CHARS = 120  # short texts masked with no known secrets are remembered (see mask_text)
+
+
 def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
     """Free text (a message, an error, a repr) with URLs, `name=value` secrets, auth schemes and the given
-    known secret values masked."""
+    known secret values masked.
+
+    A short text masked by the rules alone is remembered (a bounded cache): every job line of a worker carries
+    the same worker id, task names and states, and the patterns cost more than the rest of the line."""
     if not isinstance(text, str) or not text:
         return text
-    for secret in sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True):
+    known = sorted((s for s in secrets if s and len(s) >= 4), key=len, reverse=True)
+    if not known and len(text) <= REMEMBERED_TEXT_CHARS:
+        return _mask_by_rules_remembered(text)
+    for secret in known:
         text = text.replace(secret, MASK)
+    return _mask_by_rules(text)
+
+
+def _mask_by_rules(text: str) -> str:
     text = _URL.sub(lambda m: mask_url(m.group(0)), text)
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {MASK}", text)
 
@@ -135,6 +149,10 @@ def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
         quote = value[0] if value[0] in "'\"" else ""
         return match.group("name") + match.group("q1") + match.group("sep") + quote + MASK + quote
     return _NAMED_VALUE.sub(named, text)
+
+
+# At most 256 texts of at most REMEMBERED_TEXT_CHARS characters: a few tens of kB, whatever the jobs carry.
+_mask_by_rules_remembered = functools.lru_cache(maxsize=256)(_mask_by_rules)
 
 
 def mask(value: Any, secrets: Iterable[str] = (), headers: bool = False) -> Any:
