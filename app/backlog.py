@@ -65,11 +65,10 @@ def measure(huey: NightshiftHuey | None = None, now: datetime.datetime | None = 
         .tuples().first()
     oldest = _as_datetime(oldest)
     running = Job.select().where(Job.state == State.RUNNING).count()
-    outcomes = dict(Attempt.select(Attempt.outcome, fn.COUNT(Attempt.job_id)).where(
-        Attempt.finished_at >= since, Attempt.outcome.in_(("succeeded", "failed"))).group_by(Attempt.outcome)
-        .tuples())
-    attempts = sum(outcomes.values())
-    failed = outcomes.get("failed", 0)
+    # Attempts that ended in the window: the failed ones have history rows; a succeeded one is its job's row
+    # (ledger.mark_succeeded), counted from the finished jobs' (state, finished_at) index.
+    failed = Attempt.select().where(Attempt.finished_at >= since, Attempt.outcome == "failed").count()
+    attempts = failed + Job.select().where(Job.state == State.SUCCEEDED, Job.finished_at >= since).count()
     dead = Job.select().where(Job.state == State.DEAD, Job.finished_at >= since).count()
     try:
         depth = huey.pending_count()

@@ -189,14 +189,18 @@ def _finish_attempt(job_id: str, attempt: int, outcome: str, stamp: datetime.dat
 
 
 def mark_succeeded(job_id: str, attempt: int, duration: float, result: str | None) -> bool:
+    """The running attempt `attempt` succeeded: the job is finished; False if that attempt is not running.
+
+    The job row, which holds the attempt's worker and start time from its claim, is the succeeded attempt's
+    history: no history row is written for it (`attempts` gives it from the job row). So a success is one guarded
+    UPDATE committed on its own, the one ledger write of most jobs' ends, instead of a transaction that also
+    inserted a row under a random job id (measured: 13 % of a worker's CPU per job in a drain)."""
     stamp = now()
-    with database.atomic():
-        if not _finish_attempt(job_id, attempt, "succeeded", stamp, duration):
-            return False
-        _run(f'UPDATE "{JOB_TABLE}" SET "state" = {{p}}, "finished_at" = {{p}}, "duration" = {{p}}, '
-             f'"result" = {{p}}, "lease_expires_at" = NULL, "updated_at" = {{p}} WHERE "id" = {{p}}',
-             ("succeeded", stamp, duration, storable(result), stamp, job_id))
-    return True
+    return _run(f'UPDATE "{JOB_TABLE}" SET "state" = {{p}}, "finished_at" = {{p}}, "duration" = {{p}}, '
+                f'"result" = {{p}}, "lease_expires_at" = NULL, "updated_at" = {{p}} '
+                f'WHERE "id" = {{p}} AND "attempt" = {{p}} AND "state" = {{p}}',
+                (State.SUCCEEDED, stamp, duration, storable(result), stamp, job_id, attempt, State.RUNNING)
+                ).rowcount == 1
 
 
 def mark_retrying(job_id: str, attempt: int, duration: float, error: str, traceback: str,
@@ -448,8 +452,16 @@ def get(job_id: str) -> Job | None:
     return job
 
 
-def attempts(job_id: str) -> list[Attempt]:
-    return list(Attempt.select().where(Attempt.job_id == job_id).order_by(Attempt.number))
+def attempts(job_id: str, job: Job | None = None) -> list[Attempt]:
+    """A job's history: one Attempt per attempt that ended, in order. A succeeded job's last attempt has no row of
+    its own (mark_succeeded): it is given from the job row (`job`, else read), as the row it would have been."""
+    history = list(Attempt.select().where(Attempt.job_id == job_id).order_by(Attempt.number))
+    if job is None and (not history or history[-1].outcome != State.SUCCEEDED):
+        job = Job.get_or_none(Job.id == job_id)
+    if job is not None and job.state == State.SUCCEEDED and all(a.number != job.attempt for a in history):
+        history.append(Attempt(job_id=job.id, number=job.attempt, worker=job.worker or "", started_at=job.started_at,
+                               finished_at=job.finished_at, duration=job.duration, outcome=State.SUCCEEDED))
+    return history
 
 
 def in_queues(queues: Iterable[str | None]):

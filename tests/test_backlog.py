@@ -67,11 +67,18 @@ def test_measure_and_incident_state(env, monkeypatch):
             dict(id=str(uuid.uuid4()), task="add", state="running", created_at=ago(9), updated_at=ago(9))]
     dead = [dict(id=str(uuid.uuid4()), task="add", state="dead", created_at=ago(60), updated_at=ago(60),
                  finished_at=ago(60)) for _ in range(3)]
-    Job.insert_many([dict(r, kwargs="{}", eta=r.get("eta"), finished_at=r.get("finished_at")) for r in rows + dead]
-                    ).execute()
+    # 6 failed attempts (history rows) and 4 succeeded ones (their jobs' rows: a success writes no history row;
+    # one of them has the row an older version wrote, which must not count twice), plus one success too old.
+    succeeded = [dict(id=str(uuid.uuid4()), task="add", state="succeeded", created_at=ago(40), updated_at=ago(20),
+                      finished_at=ago(20)) for _ in range(4)]
+    old = dict(id=str(uuid.uuid4()), task="add", state="succeeded", created_at=ago(9000), updated_at=ago(9000),
+               finished_at=ago(9000))
+    Job.insert_many([dict(r, kwargs="{}", eta=r.get("eta"), finished_at=r.get("finished_at"))
+                     for r in rows + dead + succeeded + [old]]).execute()
     Attempt.insert_many([dict(job_id=str(uuid.uuid4()), number=1, worker="w", started_at=ago(30),
-                              finished_at=ago(20), outcome="failed" if i < 6 else "succeeded") for i in range(10)]
-                        ).execute()
+                              finished_at=ago(20), outcome="failed") for _ in range(6)]
+                        + [dict(job_id=succeeded[0]["id"], number=1, worker="w", started_at=ago(30),
+                                finished_at=ago(20), outcome="succeeded")]).execute()
     snap = backlog.measure()
     assert snap.queued == 2 and snap.running == 1 and snap.dead_letters == 3
     assert 99 <= snap.oldest_age < 130

@@ -208,6 +208,52 @@ def test_an_attempt_finishes_once(ledger):
     assert history(ledger, job_id) == [(1, "succeeded")]
 
 
+def test_a_success_is_one_guarded_update_and_the_job_row_is_its_history(ledger):
+    """A success writes the job row alone, in one statement committed on its own (no transaction around it, no
+    history row under the job's random id); the job's history still shows that attempt, from the job row."""
+    import peewee
+    from app.models import Attempt
+    job_id = running(ledger, worker="w7")
+    statements, begun = [], []
+    execute_sql, begin = peewee.Database.execute_sql, peewee.Database.begin
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(peewee.Database, "execute_sql",
+                      lambda self, sql, *a, **k: statements.append(sql) or execute_sql(self, sql, *a, **k))
+        patch.setattr(peewee.Database, "begin", lambda self, *a, **k: begun.append(1) or begin(self, *a, **k))
+        assert ledger.mark_succeeded(job_id, 1, 0.25, '"ok"') is True
+    assert begun == [] and len(statements) == 1 and statements[0].lstrip().startswith("UPDATE"), statements
+
+    assert Attempt.select().where(Attempt.job_id == job_id).count() == 0
+    job = row(job_id)
+    [attempt] = ledger.attempts(job_id)
+    assert (attempt.number, attempt.outcome, attempt.worker, attempt.error) == (1, "succeeded", "w7", None)
+    assert (attempt.started_at, attempt.finished_at, attempt.duration) == (job.started_at, job.finished_at, 0.25)
+    assert [(a.number, a.outcome) for a in ledger.attempts(job_id, job)] == [(1, "succeeded")]
+
+
+def test_a_success_after_a_failed_attempt_ends_the_history_that_has_its_rows(ledger):
+    """The failed attempt keeps its history row; the attempt that succeeded is the job row's, last."""
+    from app.models import Attempt
+    job_id = running(ledger, worker="w1")
+    assert ledger.mark_retrying(job_id, 1, 0.1, "E: boom", "tb", None, 1, 0) is True
+    assert ledger.claim(job_id, 2, "w2", LEASE)
+    assert ledger.mark_succeeded(job_id, 2, 0.3, None) is True
+    assert [(a.number, a.outcome, a.worker, a.error) for a in ledger.attempts(job_id)] == [
+        (1, "failed", "w1", "E: boom"), (2, "succeeded", "w2", None)]
+    assert [number for (number,) in Attempt.select(Attempt.number).where(Attempt.job_id == job_id).tuples()] == [1]
+
+
+def test_a_success_recorded_with_its_own_history_row_is_shown_once(ledger):
+    """A ledger written by an older version has a history row for each success: it is shown as it is, once."""
+    from app.models import Attempt
+    job_id = running(ledger, worker="w1")
+    assert ledger.mark_succeeded(job_id, 1, 0.5, None) is True
+    job = row(job_id)
+    Attempt.insert(job_id=job_id, number=1, worker="old-version", started_at=job.started_at,
+                   finished_at=job.finished_at, duration=0.5, outcome="succeeded").execute()
+    assert [(a.number, a.outcome, a.worker) for a in ledger.attempts(job_id)] == [(1, "succeeded", "old-version")]
+
+
 def test_a_late_finish_after_a_lease_lost_requeue_changes_nothing(ledger):
     job_id = running(ledger, worker="slow")
     assert ledger.requeue(job_id, 1, "lease-lost", "lease expired", lease_lost=True) == 2
