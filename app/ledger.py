@@ -193,14 +193,17 @@ def mark_succeeded(job_id: str, attempt: int, duration: float, result: str | Non
 
     The job row, which holds the attempt's worker and start time from its claim, is the succeeded attempt's
     history: no history row is written for it (`attempts` gives it from the job row). So a success is one guarded
-    UPDATE committed on its own, the one ledger write of most jobs' ends, instead of a transaction that also
-    inserted a row under a random job id (measured: 13 % of a worker's CPU per job in a drain)."""
+    UPDATE, the one ledger write of most jobs' ends, instead of one that also inserted a row under a random job id
+    (measured: 13 % of a worker's CPU per job in a drain). It stays in a transaction of its own, which SQLite
+    begins IMMEDIATE: autocommitted, the UPDATEs of four worker threads contending for the write lock cost 60 %
+    more system CPU per job (benchmarks in docs/performance.md)."""
     stamp = now()
-    return _run(f'UPDATE "{JOB_TABLE}" SET "state" = {{p}}, "finished_at" = {{p}}, "duration" = {{p}}, '
-                f'"result" = {{p}}, "lease_expires_at" = NULL, "updated_at" = {{p}} '
-                f'WHERE "id" = {{p}} AND "attempt" = {{p}} AND "state" = {{p}}',
-                (State.SUCCEEDED, stamp, duration, storable(result), stamp, job_id, attempt, State.RUNNING)
-                ).rowcount == 1
+    with database.atomic():
+        return _run(f'UPDATE "{JOB_TABLE}" SET "state" = {{p}}, "finished_at" = {{p}}, "duration" = {{p}}, '
+                    f'"result" = {{p}}, "lease_expires_at" = NULL, "updated_at" = {{p}} '
+                    f'WHERE "id" = {{p}} AND "attempt" = {{p}} AND "state" = {{p}}',
+                    (State.SUCCEEDED, stamp, duration, storable(result), stamp, job_id, attempt, State.RUNNING)
+                    ).rowcount == 1
 
 
 def mark_retrying(job_id: str, attempt: int, duration: float, error: str, traceback: str,

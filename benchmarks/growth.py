@@ -3,9 +3,9 @@
 
     .venv/bin/python benchmarks/growth.py [--rows 1000000] [--jobs 10000] [--ledgers sqlite,postgres]
 
-For each ledger kind and each size (0 and --rows finished jobs of the benchmark's own queue, with one attempt row
-each, 1 % of them dead, all finished 31-60 days ago, so past both retentions; inserted oldest first with random
-ids, as a ledger fills), on one private redis-server:
+For each ledger kind and each size (0 and --rows finished jobs of the benchmark's own queue, 1 % of them dead with
+one failed attempt's history row each, all finished 31-60 days ago, so past both retentions; inserted oldest first
+with random ids, as a ledger fills), on one private redis-server:
 
   fill          the rows go in with one INSERT ... SELECT generated in SQL (recursive CTE / generate_series)
   submit        --jobs `app.submit()` calls in this process, the consumer frozen (SIGSTOP)
@@ -71,10 +71,12 @@ FROM (SELECT gen_random_uuid()::text AS id, CASE WHEN mod(x, 100) = 0 THEN 'dead
              %s::timestamp - make_interval(secs => 31 * 86400 + x::float8 * 29 * 86400 / {rows}) AS stamp
       FROM generate_series({rows}, 1, -1) AS x) AS rows
 """
+# History rows as the ledger writes them: one for each attempt that did not succeed (a succeeded attempt is its
+# job's row, ledger.mark_succeeded), so here one for each dead job.
 FILL_ATTEMPTS = """
 INSERT INTO nightshift_attempt (job_id, number, worker, started_at, finished_at, duration, outcome, error)
-SELECT id, 1, worker, started_at, finished_at, duration, CASE state WHEN 'dead' THEN 'failed' ELSE state END, error
-FROM nightshift_job ORDER BY finished_at
+SELECT id, 1, worker, started_at, finished_at, duration, 'failed', error
+FROM nightshift_job WHERE state = 'dead' ORDER BY finished_at
 """
 
 # The probe: a worker's three ledger writes per job, each timed, every 20 ms until the stop file appears.
