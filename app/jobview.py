@@ -46,7 +46,7 @@ def job_dict(job: Job, secrets: list[str], with_attempts: bool = False) -> dict:
         data["attempts"] = [{"number": a.number, "worker": a.worker, "started_at": iso(a.started_at),
                              "finished_at": iso(a.finished_at), "duration": a.duration, "outcome": a.outcome,
                              "error": a.error} for a in ledger.attempts(job.id, job)]
-        if job.state == State.RUNNING:  # the attempt under way gets its history row when it ends
+        if job.state == State.RUNNING:  # the attempt under way, from the job row until it ends
             data["attempts"].append({"number": job.attempt, "worker": job.worker, "started_at": iso(job.started_at),
                                      "finished_at": None, "duration": None, "outcome": None, "error": None})
     return mask(data, secrets)

@@ -459,7 +459,7 @@ def attempts(job_id: str, job: Job | None = None) -> list[Attempt]:
     """A job's history: one Attempt per attempt that ended, in order. A succeeded job's last attempt has no row of
     its own (mark_succeeded): it is given from the job row (`job`, else read), as the row it would have been."""
     history = list(Attempt.select().where(Attempt.job_id == job_id).order_by(Attempt.number))
-    if job is None and (not history or history[-1].outcome != State.SUCCEEDED):
+    if job is None:
         job = Job.get_or_none(Job.id == job_id)
     if job is not None and job.state == State.SUCCEEDED and all(a.number != job.attempt for a in history):
         history.append(Attempt(job_id=job.id, number=job.attempt, worker=job.worker or "", started_at=job.started_at,

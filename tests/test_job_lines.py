@@ -34,7 +34,8 @@ def lines():
         return [line.split(" ", 2)[2] for line in out.getvalue().splitlines()]
 
     yield written
-    root.handlers[:], _ = saved[0], root.setLevel(saved[1])
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
 
 
 def a_job_runs() -> None:
