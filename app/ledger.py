@@ -10,14 +10,13 @@ import functools
 import itertools
 import json
 import operator
-import uuid
 from typing import Any, Iterable
 
 import peewee
 from peewee import SQL, NodeList, fn
 
 import config
-from app import clock
+from app import clock, jobids
 from app.db import database, is_sqlite
 from app.models import FINISHED, STATES, WAITING, Action, Attempt, Job, WorkerBeat
 from app.states import State
@@ -363,7 +362,7 @@ def record_dead_letter(job_id: Any, task: Any, reason: str, raw: bytes, queue: s
     stamp = now()
     if not is_storable_id(job_id):
         reason = f"{reason} (message id {storable(repr(job_id), 120)} replaced)"
-        job_id = str(uuid.uuid4())
+        job_id = jobids.new_id()
     Job.insert(id=job_id, task=storable(task, TASK_LENGTH), kwargs="{}", state=State.DEAD, reason=storable(reason),
                raw=preview(raw), created_at=stamp, updated_at=stamp, finished_at=stamp,
                queue=queue).on_conflict_ignore().execute()

@@ -11,7 +11,6 @@ import logging
 import threading
 import time
 import traceback
-import uuid
 from typing import Any, Callable
 
 from huey import signals as S
@@ -19,7 +18,7 @@ from huey.api import Task
 from huey.exceptions import CancelExecution, TaskTimeout
 
 import config
-from app import canceling, catalog, codec, db, events, flow, identity, ledger, monitoring, pausing, producer, recovery, timelimits
+from app import canceling, catalog, codec, db, events, flow, identity, jobids, ledger, monitoring, pausing, producer, recovery, timelimits
 from app.codec import BadSignature, PoisonMessage
 from app.queue import NightshiftHuey, UnknownTask, next_retry
 from app.states import State
@@ -304,12 +303,12 @@ def dead_letter_message(data: bytes, exc: BaseException, queue: str) -> None:
     try:
         if isinstance(exc, BadSignature):
             # Untrusted: its own dead letter, and the job it names is flagged, not killed (see flag_refused).
-            letter = ledger.record_dead_letter(str(uuid.uuid4()), task, reason, bytes(data), queue)
+            letter = ledger.record_dead_letter(jobids.new_id(), task, reason, bytes(data), queue)
             if job_id is not None:
                 ledger.flag_refused(job_id, queue, letter, reason)
             job_id = letter
         elif job_id is None or not ledger.mark_refused(job_id, queue, reason, data):
-            job_id = ledger.record_dead_letter(str(uuid.uuid4()), task, reason, bytes(data), queue)
+            job_id = ledger.record_dead_letter(jobids.new_id(), task, reason, bytes(data), queue)
     except Exception:  # noqa: BLE001
         log.exception("could not record a dead letter for a bad message (%s)", reason)
     events.emit("dead", ledger.storable(job_id or "-", 120), ledger.storable(task, 200), logging.ERROR,

@@ -16,7 +16,6 @@ import datetime
 import itertools
 import json
 import logging
-import os
 from typing import Any, Callable, Iterable
 
 import peewee
@@ -25,7 +24,7 @@ from huey.api import Task
 from huey.utils import normalize_time
 
 import config
-from app import catalog, events, keycheck, ledger
+from app import catalog, events, jobids, keycheck, ledger
 from app.codec import NotJSON, dumps_text, ensure_json
 from app.db import database
 from app.schema import open_ledger
@@ -80,21 +79,6 @@ def _row(task: Task, key: str | None) -> dict:
     return {"id": task.id, "task": type(task).__name__, "kwargs": _ledger_json(task.kwargs), "attempt": 1,
             "retries_left": task.retries or 0, "retry_delay": task.retry_delay or 0,
             "priority": task.priority or 0, "timeout": task.timeout, "eta": task.eta, "key": key}
-
-
-_VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))  # a uuid's version nibble, set to 4
-_VARIANT = bytes((b & 0x3F) | 0x80 for b in range(256))    # its variant bits, set to RFC 4122's
-
-
-def new_ids(count: int) -> list[str]:
-    """`count` random job ids, sorted: uuid4 text as Huey's own (str(uuid.uuid4())), from one read of the OS's
-    random source instead of a UUID object per id."""
-    raw = bytearray(os.urandom(16 * count))
-    raw[6::16] = raw[6::16].translate(_VERSION_4)
-    raw[8::16] = raw[8::16].translate(_VARIANT)
-    h = raw.hex()
-    return sorted(f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-{h[i + 20:i + 32]}"
-                  for i in range(0, 32 * count, 32))
 
 
 def submit_direct(task: Task) -> Submission:
@@ -153,7 +137,7 @@ def submit_batch(task_class: type, arguments: list[tuple[str, str]], *, priority
     prototype = task_class((), {}, eta=when, priority=priority, retries=retries)
     prototype.attempt = 1
     name = catalog.queue_of(task_class, settings.queue, queue)
-    ids = new_ids(len(arguments))
+    ids = jobids.new_ids(len(arguments))
     common = _row(prototype, None)
     del common["id"], common["kwargs"]
     ledger.insert_jobs([{"id": job_id, "kwargs": stored} for job_id, (stored, _) in zip(ids, arguments)], name,
@@ -340,7 +324,7 @@ def build_task(task_name: str, arguments: dict, *, delay: float | None = None,
     elif priority is not None or retries is not None:
         check_options(priority=priority, retries=retries)
     kwargs = check_arguments(task_class, arguments, where)
-    return task_class((), kwargs, eta=when, priority=priority, retries=retries)
+    return task_class((), kwargs, id=jobids.new_id(), eta=when, priority=priority, retries=retries)
 
 
 def _arguments_of(task_name: str, arguments: dict | None, keywords: dict, options: dict) -> dict:

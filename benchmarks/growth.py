@@ -5,14 +5,14 @@
 
 For each ledger kind and each size (0 and --rows finished jobs of the benchmark's own queue, 1 % of them dead with
 one failed attempt's history row each, all finished 31-60 days ago, so past both retentions; inserted oldest first
-with random ids, as a ledger fills), on one private redis-server:
+with ids made as app.jobids makes them from each job's time, as a ledger fills), on one private redis-server:
 
   fill          the rows go in with one INSERT ... SELECT generated in SQL (recursive CTE / generate_series)
   submit        --jobs `app.submit()` calls in this process, the consumer frozen (SIGSTOP)
   drain         `python -m app worker` (NIGHTSHIFT_WORKERS=1) thawed; until no job of the run waits or runs
   status, list, show
-                the commands' own work in this process (status.snapshot(); ledger.list_jobs(); ledger.get() of an
-                8-character prefix as `list` prints it, and of a full id, with attempts), median of 5; and the
+                the commands' own work in this process (status.snapshot(); ledger.list_jobs(); ledger.get() of the
+                short id `list` prints, and of a full id, with attempts), median of 5; and the
                 whole command from a shell (`python -m app status|list|show ID`), median of 3
   cleanup       (filled ledgers only) `app.cleanup.run(settings)` removing the expired rows, while a probe process plays
                 a worker: every 20 ms it records, claims and finishes a job (three ledger writes), each timed; the
@@ -53,21 +53,25 @@ FILL_SQLITE = """
 WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows})
 INSERT INTO nightshift_job (id, task, kwargs, state, attempt, retries_left, retry_delay, priority, created_at,
                             updated_at, started_at, finished_at, duration, worker, lease_losses, queue, error)
-SELECT id, 'bench_noop', '{{}}', state, 1, 0, 0, 0, stamp, stamp, stamp, stamp, 0.001, 'growth:1:fill', 0, ?,
+SELECT id, 'bench_noop', '{{}}', state, 1, 0, 0, 0, stamp, stamp, stamp, stamp, 0.001, 'growth:1:fill', 0, ?1,
        CASE state WHEN 'dead' THEN 'RuntimeError: boom' END
-FROM (SELECT lower(hex(randomblob(4))) || '-' || lower(hex(randomblob(2))) || '-4'
-             || substr(lower(hex(randomblob(2))), 2) || '-a' || substr(lower(hex(randomblob(2))), 2) || '-'
-             || lower(hex(randomblob(6))) AS id,
-             CASE WHEN mod(x, 100) = 0 THEN 'dead' ELSE 'succeeded' END AS state,
-             strftime('%Y-%m-%d %H:%M:%f', ?, '-' || (31 * 86400 + x * 29 * 86400 / {rows}) || ' seconds') AS stamp
-      FROM c ORDER BY x DESC)
+FROM (SELECT printf('%08x-%04x-8', CAST(round((julianday(stamp) - 2440587.5) * 86400000) AS INTEGER) % 4294967296,
+                    x % 65536) || substr(lower(hex(randomblob(2))), 2) || '-a'
+             || substr(lower(hex(randomblob(2))), 2) || '-' || lower(hex(randomblob(6))) AS id, x, state, stamp
+      FROM (SELECT x, CASE WHEN mod(x, 100) = 0 THEN 'dead' ELSE 'succeeded' END AS state,
+                   strftime('%Y-%m-%d %H:%M:%f', ?2, '-' || (31 * 86400 + x * 29 * 86400 / {rows}) || ' seconds')
+                   AS stamp FROM c)
+      ORDER BY x DESC)
 """
 FILL_PG = """
 INSERT INTO nightshift_job (id, task, kwargs, state, attempt, retries_left, retry_delay, priority, created_at,
                             updated_at, started_at, finished_at, duration, worker, lease_losses, queue, error)
-SELECT id, 'bench_noop', '{{}}', state, 1, 0, 0, 0, stamp, stamp, stamp, stamp, 0.001, 'growth:1:fill', 0, %s,
+SELECT lpad(to_hex(mod(round(extract(epoch FROM stamp) * 1000)::bigint, 4294967296)), 8, '0') || '-'
+       || lpad(to_hex(mod(x, 65536)), 4, '0') || '-8' || substr(md5(random()::text), 1, 3) || '-a'
+       || substr(md5(random()::text), 1, 3) || '-' || substr(md5(random()::text), 1, 12),
+       'bench_noop', '{{}}', state, 1, 0, 0, 0, stamp, stamp, stamp, stamp, 0.001, 'growth:1:fill', 0, %s,
        CASE state WHEN 'dead' THEN 'RuntimeError: boom' END
-FROM (SELECT gen_random_uuid()::text AS id, CASE WHEN mod(x, 100) = 0 THEN 'dead' ELSE 'succeeded' END AS state,
+FROM (SELECT x, CASE WHEN mod(x, 100) = 0 THEN 'dead' ELSE 'succeeded' END AS state,
              %s::timestamp - make_interval(secs => 31 * 86400 + x::float8 * 29 * 86400 / {rows}) AS stamp
       FROM generate_series({rows}, 1, -1) AS x) AS rows
 """
@@ -81,14 +85,14 @@ FROM nightshift_job WHERE state = 'dead' ORDER BY finished_at
 
 # The probe: a worker's three ledger writes per job, each timed, every 20 ms until the stop file appears.
 PROBE = r"""
-import json, os, sys, time, uuid
+import json, os, sys, time
 import config
-from app import ledger, schema
+from app import jobids, ledger, schema
 schema.open_ledger(config.get().database_url)
 stop, waits = sys.argv[1], []
 print("ready", flush=True)
 while not os.path.exists(stop):
-    job_id = str(uuid.uuid4())
+    job_id = jobids.new_id()
     for step in ("record", "claim", "finish"):
         t = time.perf_counter()
         if step == "record":
@@ -243,17 +247,17 @@ def measure(kind: str, rows: int, args: argparse.Namespace, redis_url: str, work
         consumer = None
 
         log(f"{label}: status, list, show")
-        from app import ledger, status
+        from app import jobids, ledger, status
         job_id = ids[len(ids) // 2]
         result["status_ms"] = median_ms(lambda: status.snapshot(__import__("config").get(), huey=None))
         result["list_ms"] = median_ms(lambda: ledger.list_jobs(limit=50, queues=[queue]))
         result["list_dead_ms"] = median_ms(lambda: ledger.list_jobs(state="dead", limit=50, queues=[queue]))
         result["show_ms"] = median_ms(lambda: (ledger.get(job_id), ledger.attempts(job_id)))
-        result["show_prefix_ms"] = median_ms(lambda: ledger.get(job_id[:8]))
-        assert ledger.get(job_id[:8]).id == job_id
+        result["show_prefix_ms"] = median_ms(lambda: ledger.get(jobids.short(job_id)))
+        assert ledger.get(jobids.short(job_id)).id == job_id
         result["cli_status_ms"] = cli_ms(env, "status")
         result["cli_list_ms"] = cli_ms(env, "list")
-        result["cli_show_ms"] = cli_ms(env, "show", job_id[:8])
+        result["cli_show_ms"] = cli_ms(env, "show", jobids.short(job_id))
 
         if rows:
             result["cleanup"] = cleanup_under_probe(env, work, label)
@@ -305,10 +309,10 @@ def table(report: dict) -> str:
             ("list: newest 50 (ms)", lambda r: r["list_ms"], "{:.1f}", "< 100"),
             ("list --state dead (ms)", lambda r: r["list_dead_ms"], "{:.1f}", "< 100"),
             ("show: full id + attempts (ms)", lambda r: r["show_ms"], "{:.1f}", "< 100"),
-            ("show: 8-character prefix (ms)", lambda r: r["show_prefix_ms"], "{:.1f}", "< 100"),
+            ("show: short id as lists print it (ms)", lambda r: r["show_prefix_ms"], "{:.1f}", "< 100"),
             ("`nightshift status` wall (ms)", lambda r: r["cli_status_ms"], "{:.0f}", ""),
             ("`nightshift list` wall (ms)", lambda r: r["cli_list_ms"], "{:.0f}", ""),
-            ("`nightshift show PREFIX` wall (ms)", lambda r: r["cli_show_ms"], "{:.0f}", ""),
+            ("`nightshift show SHORT-ID` wall (ms)", lambda r: r["cli_show_ms"], "{:.0f}", ""),
             ("cleanup of the expired rows (s)", lambda r: r.get("cleanup", {}).get("seconds"), "{:.1f}", "< 60"),
             ("  longest worker write meanwhile (ms)", lambda r: r.get("cleanup", {}).get("probe", {}).get("max_ms"),
              "{:.1f}", "< 100"),

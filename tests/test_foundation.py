@@ -165,7 +165,7 @@ def test_bulk_file_submits_all_or_nothing(env, tmp_path):
 def test_bulk_submits_record_and_send_what_a_single_submit_does(env, tmp_path):
     """`submit --file` and submit_many build the rows and messages of many jobs at once (producer.submit_batch)
     instead of through a task object each: every row and message must be what a single submit writes, but for
-    the id. Their ids are uuid4s made in order, so rows go into the ledger in id order while due jobs are
+    the id. Their ids are made in order (app.jobids), so rows go into the ledger in id order while due jobs are
     dequeued in the order given."""
     import uuid
     from app import submit, submit_many
@@ -195,7 +195,7 @@ def test_bulk_submits_record_and_send_what_a_single_submit_does(env, tmp_path):
     assert all(messages[job.id].replace(job.id.encode(), single.encode()) == messages[single] for job in bulk)
 
     due = submit_many("add", [{"a": i} for i in range(50)])
-    assert all(str(uuid.UUID(job_id)) == job_id and uuid.UUID(job_id).version == 4 for job_id in due)
+    assert all(str(uuid.UUID(job_id)) == job_id and uuid.UUID(job_id).version == 8 for job_id in due)
     assert due == sorted(due) and len(set(due)) == 50
     assert [huey.dequeue().kwargs["a"] for _ in due] == list(range(50))
 

@@ -130,7 +130,7 @@ def test_show_finds_a_job_by_prefix_through_the_primary_key(grown):
     _, ids = grown
     wanted = ids[len(ids) // 2]
     with Plans() as plans:
-        assert ledger.get(wanted[:8]).id == wanted
+        assert ledger.get(wanted[:13]).id == wanted
         assert ledger.get(wanted).id == wanted
         assert ledger.get("ffffffff-no-such") is None
     assert plans.seen and not plans.scans(), plans.seen

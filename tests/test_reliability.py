@@ -150,7 +150,7 @@ def test_dead_letters_list_retry_discard_and_cancel(env, start_worker):
     listed = json.loads(cli(env, "dead", "--task", "always_fails", "--json").stdout)
     assert {j["id"] for j in listed} == {dead_id, other}
     assert all(j["reason"] and j["error"] for j in listed)
-    assert dead_id[:8] in cli(env, "dead").stdout
+    assert dead_id[:13] in cli(env, "dead").stdout
 
     out = cli(env, "retry", dead_id)
     assert out.returncode == 0 and "retried 1" in out.stdout

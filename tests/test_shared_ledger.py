@@ -37,10 +37,10 @@ def test_two_services_on_one_ledger_do_not_touch_each_others_jobs(env, start_wor
     # Per-queue commands: B's see B's jobs and say so; --all-queues and --queue see A's.
     listed = cli(env, "list", **b)
     assert listed.stdout.splitlines()[0] == f"queue {queue_b!r}:" and only_a[0][:8] not in listed.stdout
-    assert b_job[:8] in listed.stdout
+    assert b_job[:13] in listed.stdout
     everything = cli(env, "list", "--all-queues", "--limit", "100", **b).stdout
     assert everything.splitlines()[0] == "all queues:" and "QUEUE" in everything
-    assert only_a[0][:8] in everything and b_job[:8] in everything
+    assert only_a[0][:13] in everything and b_job[:13] in everything
     assert {j["id"] for j in json.loads(cli(env, "list", "--queue", queue_a, "--json", "--limit", "100",
                                             **b).stdout)} == set(only_a + both + [gives_up])
     status_b = json.loads(cli(env, "status", "--json", **b).stdout)
@@ -56,8 +56,8 @@ def test_two_services_on_one_ledger_do_not_touch_each_others_jobs(env, start_wor
     assert Job.get_by_id(b_job).queue == queue_b and Job.get_by_id(only_a[0]).queue == queue_a
 
     dead_b = cli(env, "dead", **b)
-    assert dead_b.stdout.splitlines()[0] == f"queue {queue_b!r}:" and gives_up[:8] not in dead_b.stdout
-    assert gives_up[:8] in cli(env, "dead").stdout
+    assert dead_b.stdout.splitlines()[0] == f"queue {queue_b!r}:" and gives_up[:13] not in dead_b.stdout
+    assert gives_up[:13] in cli(env, "dead").stdout
     retried = cli(env, "retry", "--all", **b)
     assert retried.stdout.strip() == "retried 0 job(s)" and queue_b in retried.stderr
     assert ledger.state_of(gives_up) == "dead"

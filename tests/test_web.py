@@ -172,14 +172,14 @@ def test_every_page_renders_and_masks_secrets(env, client):
     assert client.get("/?fragment=1").text.lstrip().startswith("<p class=\"muted\">As of")
 
     jobs = client.get("/jobs")
-    assert jobs.status == 200 and all(i[:8] in jobs.text for i in (dead, running, keyed, with_url))
-    assert dead[:8] in client.get("/jobs?state=dead").text and keyed[:8] not in client.get("/jobs?state=dead").text
+    assert jobs.status == 200 and all(i[:13] in jobs.text for i in (dead, running, keyed, with_url))
+    assert dead[:13] in client.get("/jobs?state=dead").text and keyed[:13] not in client.get("/jobs?state=dead").text
     assert "found by" not in client.get("/jobs").text.lower()
-    assert keyed[:8] in client.get("/jobs?q=order-4711").text
+    assert keyed[:13] in client.get("/jobs?q=order-4711").text
     assert "idempotency key" in client.get("/jobs?q=order-4711").text
-    assert dead[:8] in client.get(f"/jobs?q={dead[:8]}").text
-    assert with_url[:8] in client.get("/jobs?q=files.example").text
-    assert keyed[:8] in client.get("/jobs?task=add").text and dead[:8] not in client.get("/jobs?task=add").text
+    assert dead[:13] in client.get(f"/jobs?q={dead[:13]}").text
+    assert with_url[:13] in client.get("/jobs?q=files.example").text
+    assert keyed[:13] in client.get("/jobs?task=add").text and dead[:13] not in client.get("/jobs?task=add").text
 
     page = client.get(f"/jobs/{dead}")
     assert page.status == 200 and "Traceback" in page.text and "host:1:abcd" in page.text and "Retry" in page.text
@@ -345,7 +345,7 @@ def test_actions_need_confirmation_and_are_recorded(env, client):
     dead = make_dead()
     first = client.act("retry", [("id", dead), ("next", f"/jobs/{dead}")], confirm=False)
     assert state_of(dead) == "dead", "the first POST only asks for confirmation"
-    assert dead[:8] in first.text
+    assert dead[:13] in first.text
     done = client.act("retry", [("id", dead), ("next", f"/jobs/{dead}")])
     assert done.status == 303 and done.headers["Location"].startswith(f"/jobs/{dead}?message=retried+1+job")
     assert state_of(dead) == "queued" and on_redis(env, dead)

@@ -133,7 +133,7 @@ def test_pages_retry_and_pause_in_a_real_browser(env, browser, tmp_path, start_w
         Select(browser.find_element(by_css, "select[name=state]")).select_by_visible_text("dead")
         browser.find_element(by_css, "form.filters button").click()
         wait_until(lambda: "state=dead" in browser.current_url, 10, message="the filtered list")
-        assert dead[:8] in browser.page_source and "Retry all matching" in browser.page_source
+        assert dead[:13] in browser.page_source and "Retry all matching" in browser.page_source
         shoot(browser, tmp_path, "jobs-dead")
 
         browser.get(f"{base}/jobs/{running}")
@@ -184,7 +184,7 @@ def test_pages_retry_and_pause_in_a_real_browser(env, browser, tmp_path, start_w
         browser.find_element(by_css, "input[name=token]").send_keys("correct-horse-battery")
         browser.find_element(by_css, "form.login button").click()
         wait_until(lambda: browser.current_url.endswith("/jobs"), 10, message="the login")
-        assert dead[:8] in browser.page_source
+        assert dead[:13] in browser.page_source
     finally:
         console.send_signal(signal.SIGTERM)
         console.wait(15)

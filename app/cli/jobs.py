@@ -7,7 +7,7 @@ import time
 
 import click
 
-from app import catalog, ledger, producer
+from app import catalog, jobids, ledger, producer
 from app.cli import bulk
 from app.cli.root import main
 from app.cli.common import (EXIT_FAILED, EXIT_TIMEOUT, JOB_ID, KEY, MAX_COUNT, NAME, QUEUE_NAME, SECONDS, TASK_NAME,
@@ -226,7 +226,7 @@ def list_(settings, state, task, limit, queue_names, all_queues, as_json):
         echo_json([job_dict(job, secrets) for job in jobs])
         return
     click.echo(f"{queues_heading(queues, settings.queue)}:")
-    rows = [[job.id[:8], job.task[:24], job.state, str(job.attempt), iso(job.created_at)[:19].replace("T", " "),
+    rows = [[jobids.short(job.id), job.task[:24], job.state, str(job.attempt), iso(job.created_at)[:19].replace("T", " "),
              f"{job.duration:.2f}s" if job.duration is not None else "-"] for job in jobs]
     headers = ["ID", "TASK", "STATE", "TRY", "CREATED (UTC)", "TOOK"]
     if queues is not None:

@@ -8,6 +8,7 @@ import time
 
 import click
 
+from app import jobids
 from app.cli.root import main
 from app.jobview import ago
 from app.schema import open_ledger
@@ -91,7 +92,7 @@ def render(data: dict) -> str:
         current = w["current"]
         if current:
             job = current[0]
-            doing = f"{_cut(job['task'], 14)} {job['id'][:8]} {ago(job.get('running_for'))}"
+            doing = f"{_cut(job['task'], 14)} {jobids.short(job['id'])} {ago(job.get('running_for'))}"
             if len(current) > 1:
                 doing += f" +{len(current) - 1}"
         else:

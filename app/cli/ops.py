@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from app import ledger, operations
+from app import jobids, ledger, operations
 from app.cli.root import main
 from app.cli.common import (EXIT_FAILED, JOB_ID, MAX_COUNT, TASK_NAME, WholeNumber, chosen_queues, echo_json, fail,
                              iso, json_option, queue_options, queues_heading, table)
@@ -45,7 +45,7 @@ def dead(settings, task, limit, queue_names, all_queues, as_json):
     click.echo(f"{queues_heading(queues, settings.queue)}:")
     # The error itself (what the operator must fix); the reason only when there was no error (a lost lease, a
     # bad message) or when it adds something (a time limit, a permanent error).
-    rows = [[job.id[:8], job.task[:22], str(job.attempt), iso(job.finished_at or job.updated_at)[:19].replace("T", " "),
+    rows = [[jobids.short(job.id), job.task[:22], str(job.attempt), iso(job.finished_at or job.updated_at)[:19].replace("T", " "),
              _cut(mask_text(job.error if job.error and (job.reason or "").startswith("failed on attempt") else
                             "; ".join(filter(None, [job.reason, job.error]))), 80)] for job in jobs]
     headers = ["ID", "TASK", "TRY", "DIED (UTC)", "ERROR"]

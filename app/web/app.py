@@ -19,7 +19,7 @@ import peewee
 import redis
 
 import config
-from app import catalog, db, ledger, operations, producer
+from app import catalog, db, jobids, ledger, operations, producer
 from app.codec import NotJSON
 from app.jobview import ago
 from app.schema import open_ledger
@@ -82,7 +82,7 @@ class Console:
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(os.path.join(HERE, "templates")),
             autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-        self.templates.filters.update(ago=ago, since=_since, mb=_mb, secs=_secs, short=_short_time,
+        self.templates.filters.update(ago=ago, since=_since, mb=_mb, secs=_secs, short=_short_time, short_id=jobids.short,
                                       urlencode_dict=lambda d: urllib.parse.urlencode(d))
         self.router = Router()
         r = self.router.add
@@ -259,7 +259,7 @@ class Console:
 
     def describe(self, action: str, fields: dict, ids: list[str], filters: queries.Filters | None) -> str:
         if action in ("retry", "cancel", "discard"):
-            return f"{ACTIONS[action]} {len(ids)} job(s): {', '.join(i[:8] for i in ids[:20])}" \
+            return f"{ACTIONS[action]} {len(ids)} job(s): {', '.join(jobids.short(i) for i in ids[:20])}" \
                    + (" ..." if len(ids) > 20 else "")
         if filters is not None:
             matched, capped = queries.matching_ids(filters, BULK_CAP)
@@ -283,7 +283,7 @@ class Console:
             text = f"{done} {len(outcome.done)} job(s)"
             if outcome.refused:
                 text += f"; refused {len(outcome.refused)}: " + "; ".join(
-                    f"{i[:8]} {why}" for i, why in outcome.refused[:5])
+                    f"{jobids.short(i)} {why}" for i, why in outcome.refused[:5])
             if outcome.delivery_error:
                 text += " (Redis unreachable: the ledger has them, recovery delivers them)"
             return text

@@ -38,7 +38,7 @@ CHART_HOURS = 12
 NO_QUEUE = status.NO_QUEUE_NAME  # "(none)": jobs from before the ledger recorded queues
 LIST_COLUMNS = (Job.id, Job.task, Job.queue, Job.state, Job.attempt, Job.created_at, Job.finished_at,
                 Job.duration, Job.kwargs)
-ID_PREFIX = re.compile(r"^[0-9a-f]{4,8}$")
+ID_PREFIX = re.compile(r"^[0-9a-f]{4,8}(-[0-9a-f]{1,4})?$")  # as far as lists print ids (jobids.short)
 FULL_ID = re.compile(r"^[0-9a-fA-F-]{36}$")
 
 
@@ -170,7 +170,7 @@ class Filters:
     queue: str = ""        # "" every queue; "(none)": jobs without one
     state: str = ""
     task: str = ""
-    q: str = ""            # a job id (or its first 4-8 characters), an idempotency key, or argument text
+    q: str = ""            # a job id (or its first 4-13 characters), an idempotency key, or argument text
 
     @classmethod
     def from_query(cls, query: dict[str, str]) -> "Filters":
@@ -221,7 +221,7 @@ def _row_dict(row: tuple, secrets: list[str]) -> dict:
 
 
 def _by_id_or_key(q: str) -> tuple[list[tuple], str]:
-    """Jobs whose id is `q`, whose id starts with `q` (4-8 hex characters, as lists print them), or whose
+    """Jobs whose id is `q`, whose id starts with `q` (4-13 characters, as far as lists print them), or whose
     idempotency key is `q`; each by its own index."""
     if FULL_ID.match(q):
         rows = list(Job.select(*LIST_COLUMNS).where(Job.id == q.lower()).tuples())
