@@ -454,6 +454,14 @@ def get(job_id: str) -> Job | None:
     return job
 
 
+def count_prefix(prefix: str, most: int = 1000) -> int:
+    """How many jobs' ids start with `prefix`, up to `most` (why `get` found none for a prefix)."""
+    if not 4 <= len(prefix) < 36 or prefix[-1] >= "\uffff":
+        return 0
+    after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return Job.select(Job.id).where(Job.id >= prefix, Job.id < after, Job.id.startswith(prefix)).limit(most).count()
+
+
 def attempts(job_id: str, job: Job | None = None) -> list[Attempt]:
     """A job's history: one Attempt per attempt that ended, in order. A succeeded job's last attempt has no row of
     its own (mark_succeeded): it is given from the job row (`job`, else read), as the row it would have been."""

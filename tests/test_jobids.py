@@ -45,3 +45,20 @@ def test_lists_print_a_short_id_that_tells_a_batch_apart_and_show_takes_it(env):
     wanted = ids[1234]
     shown = cli(env, "show", jobids.short(wanted), "--json")
     assert shown.returncode == 0 and f'"id": "{wanted}"' in shown.stdout, shown.stderr
+
+
+def test_show_says_when_a_prefix_is_the_start_of_several_jobs(env):
+    """The first 8 characters are shared by the jobs made in one millisecond: `show` and the operator commands
+    say so, and how many characters lists print, instead of that there is no such job."""
+    from app import jobids, submit_many
+    ids = submit_many("add", [{"a": i, "b": 0} for i in range(20)])
+    shared = ids[0][:8]
+    many = sum(job_id.startswith(shared) for job_id in ids)
+    assert many > 1  # one call's ids share their millisecond (a count past 65,535 carries into the next)
+    for command in (("show", shared), ("retry", shared)):
+        out = cli(env, *command)
+        assert out.returncode == 1, out
+        assert f"{many} jobs have ids starting with '{shared}'" in out.stderr, out.stderr
+        assert f"lists print {jobids.SHORT_LENGTH} characters" in out.stderr
+    missing = cli(env, "show", "0000ffff-ffff")
+    assert missing.returncode == 1 and "no job '0000ffff-ffff' in the ledger" in missing.stderr

@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from app import jobids, ledger
 from app.producer import MAX_DELAY, MAX_INT, MAX_KEY
 from app.queue import check_queue_name
 from app.status import ALL_QUEUES
@@ -19,6 +20,16 @@ from helpers.masking import mask_text, quoted
 EXIT_FAILED = 1      # the job failed / an operation could not be done
 EXIT_USAGE = 2       # bad input: nothing was accepted
 EXIT_TIMEOUT = 124   # --wait gave up (like timeout(1))
+
+
+def no_such_job(job_id: str) -> str:
+    """Why a job id found no job: none has it, or it is the start of several jobs' ids (the first 8 characters are
+    shared by the jobs of one millisecond: app.jobids)."""
+    many = ledger.count_prefix(job_id)
+    if many > 1:
+        return (f"{'over ' if many >= 1000 else ''}{many} jobs have ids starting with {quoted(job_id)}: give more of "
+                f"the id (lists print {jobids.SHORT_LENGTH} characters)")
+    return f"no job {quoted(job_id)} in the ledger"
 
 
 # -- parameter types: every command's ids, names, counts and durations are checked by these, so a bad value is

@@ -12,7 +12,7 @@ from app.cli import bulk
 from app.cli.root import main
 from app.cli.common import (EXIT_FAILED, EXIT_TIMEOUT, JOB_ID, KEY, MAX_COUNT, NAME, QUEUE_NAME, SECONDS, TASK_NAME,
                              VALUE, WholeNumber, chosen_queues, echo_json, fail, iso, json_option, queue_options,
-                             queues_heading, table)
+                             no_such_job, queues_heading, table)
 from app.jobview import job_dict, last_failed_attempt  # noqa: F401  (job_dict: also imported from here by ops)
 from app.models import FINISHED, STATES, Job
 from app.schema import open_ledger
@@ -158,7 +158,7 @@ def show(settings, job_id, as_json):
     open_ledger(settings.database_url)
     job = ledger.get(job_id)
     if job is None:
-        fail(f"no job {quoted(job_id)} in the ledger", EXIT_FAILED)
+        fail(no_such_job(job_id), EXIT_FAILED)
     data = job_dict(job, secret_values(settings), with_attempts=True)
     if as_json:
         echo_json(data)

@@ -6,7 +6,7 @@ import click
 from app import jobids, ledger, operations
 from app.cli.root import main
 from app.cli.common import (EXIT_FAILED, JOB_ID, MAX_COUNT, TASK_NAME, WholeNumber, chosen_queues, echo_json, fail,
-                             iso, json_option, queue_options, queues_heading, table)
+                             iso, json_option, no_such_job, queue_options, queues_heading, table)
 from app.models import Job
 from app.queue import get_huey
 from app.schema import open_ledger
@@ -21,7 +21,7 @@ def _resolve(job_ids: tuple[str, ...]) -> list[Job]:
         job = ledger.get(job_id)
         (jobs.append(job) if job else missing.append(job_id))
     if missing:
-        fail(f"no such job(s) in the ledger: {', '.join(missing)}", EXIT_FAILED)
+        fail("; ".join(no_such_job(job_id) for job_id in missing), EXIT_FAILED)
     return jobs
 
 
