@@ -447,19 +447,24 @@ def get(job_id: str) -> Job | None:
     LIKE alone is not an index search on either ledger (SQLite's is case-insensitive, PostgreSQL's needs a C
     collation), so it read every row of a big ledger."""
     job = Job.get_or_none(Job.id == job_id)
-    if job is None and 4 <= len(job_id) < 36 and job_id[-1] < "\uffff":
-        after = job_id[:-1] + chr(ord(job_id[-1]) + 1)
-        matches = list(Job.select().where(Job.id >= job_id, Job.id < after, Job.id.startswith(job_id)).limit(2))
+    if job is None and (starting := _ids_starting(job_id)) is not None:
+        matches = list(Job.select().where(starting).limit(2))
         job = matches[0] if len(matches) == 1 else None
     return job
 
 
 def count_prefix(prefix: str, most: int = 1000) -> int:
     """How many jobs' ids start with `prefix`, up to `most` (why `get` found none for a prefix)."""
+    starting = _ids_starting(prefix)
+    return 0 if starting is None else Job.select(Job.id).where(starting).limit(most).count()
+
+
+def _ids_starting(prefix: str) -> peewee.Expression | None:
+    """WHERE condition: ids that start with `prefix` (None: no prefix get() takes)."""
     if not 4 <= len(prefix) < 36 or prefix[-1] >= "\uffff":
-        return 0
+        return None
     after = prefix[:-1] + chr(ord(prefix[-1]) + 1)
-    return Job.select(Job.id).where(Job.id >= prefix, Job.id < after, Job.id.startswith(prefix)).limit(most).count()
+    return (Job.id >= prefix) & (Job.id < after) & Job.id.startswith(prefix)
 
 
 def attempts(job_id: str, job: Job | None = None) -> list[Attempt]:

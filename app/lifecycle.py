@@ -18,7 +18,8 @@ from huey.api import Task
 from huey.exceptions import CancelExecution, TaskTimeout
 
 import config
-from app import canceling, catalog, codec, db, events, flow, identity, jobids, ledger, monitoring, pausing, producer, recovery, timelimits
+from app import (canceling, catalog, codec, db, events, flow, identity, jobids, ledger, monitoring, pausing, producer,
+                 recovery, timelimits)
 from app.codec import BadSignature, PoisonMessage
 from app.queue import NightshiftHuey, UnknownTask, next_retry
 from app.states import State

@@ -226,8 +226,9 @@ def list_(settings, state, task, limit, queue_names, all_queues, as_json):
         echo_json([job_dict(job, secrets) for job in jobs])
         return
     click.echo(f"{queues_heading(queues, settings.queue)}:")
-    rows = [[jobids.short(job.id), job.task[:24], job.state, str(job.attempt), iso(job.created_at)[:19].replace("T", " "),
-             f"{job.duration:.2f}s" if job.duration is not None else "-"] for job in jobs]
+    rows = [[jobids.short(job.id), job.task[:24], job.state, str(job.attempt),
+             iso(job.created_at)[:19].replace("T", " "), f"{job.duration:.2f}s" if job.duration is not None else "-"]
+            for job in jobs]
     headers = ["ID", "TASK", "STATE", "TRY", "CREATED (UTC)", "TOOK"]
     if queues is not None:
         rows = [[(job.queue or "(none)")[:16]] + row for job, row in zip(jobs, rows)]

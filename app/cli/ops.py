@@ -45,7 +45,8 @@ def dead(settings, task, limit, queue_names, all_queues, as_json):
     click.echo(f"{queues_heading(queues, settings.queue)}:")
     # The error itself (what the operator must fix); the reason only when there was no error (a lost lease, a
     # bad message) or when it adds something (a time limit, a permanent error).
-    rows = [[jobids.short(job.id), job.task[:22], str(job.attempt), iso(job.finished_at or job.updated_at)[:19].replace("T", " "),
+    rows = [[jobids.short(job.id), job.task[:22], str(job.attempt),
+             iso(job.finished_at or job.updated_at)[:19].replace("T", " "),
              _cut(mask_text(job.error if job.error and (job.reason or "").startswith("failed on attempt") else
                             "; ".join(filter(None, [job.reason, job.error]))), 80)] for job in jobs]
     headers = ["ID", "TASK", "TRY", "DIED (UTC)", "ERROR"]

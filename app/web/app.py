@@ -82,7 +82,8 @@ class Console:
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(os.path.join(HERE, "templates")),
             autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
-        self.templates.filters.update(ago=ago, since=_since, mb=_mb, secs=_secs, short=_short_time, short_id=jobids.short,
+        self.templates.filters.update(ago=ago, since=_since, mb=_mb, secs=_secs, short=_short_time,
+                                      short_id=jobids.short,
                                       urlencode_dict=lambda d: urllib.parse.urlencode(d))
         self.router = Router()
         r = self.router.add
