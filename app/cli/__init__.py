@@ -1,8 +1,7 @@
-"""The `nightshift` command (also `python -m app`). Each command group lives in its own module; importing them
-adds their commands to `main` (app.cli.root)."""
+"""The `nightshift` command (also `python -m app`). Each command group lives in its own module, imported when one
+of its commands runs (app.cli.root.COMMANDS): a command loads only what it needs."""
 from __future__ import annotations
 
-from app.cli import jobs, maintenance, monitor, ops, queues, service, web  # noqa: F401  (commands register on `main`)
 from app.cli.root import main
 
 __all__ = ["main"]

@@ -5,6 +5,7 @@ instance (app.queue.configure) and hands them to every command as the click cont
 (`@click.pass_obj`), and it turns known failures into one clear line and an exit code."""
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import click
@@ -22,9 +23,30 @@ from app.producer import BadOption
 from helpers.masking import mask_text, mask_url, secret_values
 
 
+# The module (app.cli.NAME) that defines each command. It is imported when the command runs, or when the help lists
+# the commands: `nightshift worker` loads no submit, `nightshift submit` no console or status code.
+COMMANDS = {
+    "submit": "jobs", "show": "jobs", "list": "jobs", "tasks": "jobs",
+    "schedule": "maintenance", "cleanup": "maintenance", "backlog": "maintenance",
+    "status": "monitor", "health": "monitor", "metrics": "monitor",
+    "dead": "ops", "retry": "ops", "discard": "ops", "cancel": "ops",
+    "pause": "queues", "resume": "queues",
+    "worker": "service", "init": "service", "recover": "service", "config": "service",
+    "web": "web",
+}
+
+
 class cli(click.Group):
     """A click group whose commands get the settings (ctx.obj) and report expected errors in one line instead of
-    a traceback."""
+    a traceback; each command's module is imported when the command is looked up (COMMANDS)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            importlib.import_module(f"app.cli.{COMMANDS[cmd_name]}")  # its commands add themselves to `main`
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         settings: config.Settings | None = None
