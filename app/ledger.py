@@ -447,7 +447,7 @@ def get(job_id: str) -> Job | None:
     LIKE alone is not an index search on either ledger (SQLite's is case-insensitive, PostgreSQL's needs a C
     collation), so it read every row of a big ledger."""
     job = Job.get_or_none(Job.id == job_id)
-    if job is None and (starting := _ids_starting(job_id)) is not None:
+    if job is None and (starting := ids_starting(job_id)) is not None:
         matches = list(Job.select().where(starting).limit(2))
         job = matches[0] if len(matches) == 1 else None
     return job
@@ -455,12 +455,13 @@ def get(job_id: str) -> Job | None:
 
 def count_prefix(prefix: str, most: int = 1000) -> int:
     """How many jobs' ids start with `prefix`, up to `most` (why `get` found none for a prefix)."""
-    starting = _ids_starting(prefix)
+    starting = ids_starting(prefix)
     return 0 if starting is None else Job.select(Job.id).where(starting).limit(most).count()
 
 
-def _ids_starting(prefix: str) -> peewee.Expression | None:
-    """WHERE condition: ids that start with `prefix` (None: no prefix get() takes)."""
+def ids_starting(prefix: str) -> peewee.Expression | None:
+    """WHERE condition: ids that start with `prefix`, found as a range of the primary key (see get); None for text
+    that cannot be a prefix get() takes."""
     if not 4 <= len(prefix) < 36 or prefix[-1] >= "\uffff":
         return None
     after = prefix[:-1] + chr(ord(prefix[-1]) + 1)

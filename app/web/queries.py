@@ -228,8 +228,7 @@ def _by_id_or_key(q: str) -> tuple[list[tuple], str]:
         if rows:
             return rows, "id"
     if ID_PREFIX.match(q):
-        end = q[:-1] + chr(ord(q[-1]) + 1)
-        rows = list(Job.select(*LIST_COLUMNS).where(Job.id >= q, Job.id < end)
+        rows = list(Job.select(*LIST_COLUMNS).where(ledger.ids_starting(q))
                     .order_by(Job.id).limit(MAX_PAGE_SIZE).tuples())
         if rows:
             return rows, "id"
