@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_huey import PrivateRedis  # noqa: E402
+from benchmarks.compare_huey import PrivateRedis, compile_project  # noqa: E402
 
 
 def write_file(path: Path, lines: int) -> None:
@@ -72,6 +72,7 @@ def main() -> int:
     parser.add_argument("--redis-url", help="use this Redis (a dedicated logical db) instead of a private one")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    compile_project()
     with tempfile.TemporaryDirectory(prefix="nightshift-bulk-") as tmp:
         work = Path(tmp)
         server = None if args.redis_url else PrivateRedis(work / "redis").start()

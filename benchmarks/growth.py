@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_huey import PrivateRedis, code_revision, wait_for  # noqa: E402
+from benchmarks.compare_huey import PrivateRedis, code_revision, compile_project, wait_for  # noqa: E402
 from benchmarks.peers import Consumer, cpu_ticks, signal_tree  # noqa: E402
 
 PG_ADMIN = os.environ.get("NIGHTSHIFT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -345,6 +345,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     args = parser.parse_args()
+    compile_project()
     work = Path(tempfile.mkdtemp(prefix="nightshift-growth-"))
     revision = code_revision()
     server = PrivateRedis(work / "redis").start()

@@ -4,9 +4,9 @@
     .venv/bin/python benchmarks/peers.py [--jobs 20000] [--systems huey,nightshift,...] [--json FILE]
 
 Each system runs in a virtualenv of its own, made by this script under .bench-venvs/ (gitignored) with pinned
-versions (PEERS below; Nightshift as the README installs it: `pip install -e .`, no PostgreSQL driver). One
-private `redis-server` (free port, no persistence) serves every system, one after the other, with the same no-op
-task. Per system, the figures are:
+versions (PEERS below; Nightshift as the README installs it: `pip install -e .`, no PostgreSQL driver, its bytecode
+written as a user's first run writes it: compile_project). One private `redis-server` (free port, no persistence)
+serves every system, one after the other, with the same no-op task. Per system, the figures are:
 
   submit, one by one   N calls of the system's enqueue, timed inside the producer (benchmarks/peers/drive.py)
   bulk submit          N jobs through the system's bulk API, when it has one (Nightshift submit_many, RQ
@@ -47,7 +47,7 @@ PEER_DIR = ROOT / "benchmarks" / "peers"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_huey import PrivateRedis, code_revision, wait_for  # noqa: E402
+from benchmarks.compare_huey import PrivateRedis, code_revision, compile_project, wait_for  # noqa: E402
 
 VENVS = ROOT / ".bench-venvs"
 # What each system's virtualenv holds. redis-py as pinned by Nightshift wherever the system accepts it; arq 0.28
@@ -540,6 +540,8 @@ def main() -> int:
         versions = {}
         for system in systems + (["nightshift"] if args.cli_runs and "nightshift" not in systems else []):
             installed = ensure_venv(system, log)
+            if system == "nightshift":
+                compile_project(venv_python(system))
             versions[system] = installed.get(VERSION_OF[system], "?") if system != "nightshift" else \
                 f"(huey {installed.get('huey', '?')})"
         load_start = os.getloadavg()[0]

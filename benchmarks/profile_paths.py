@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_huey import PrivateRedis  # noqa: E402
+from benchmarks.compare_huey import PrivateRedis, compile_project  # noqa: E402
 from benchmarks.growth import settings_env, use  # noqa: E402
 from benchmarks.peers import PEER_DIR, VENVS, Consumer, signal_tree  # noqa: E402
 
@@ -165,6 +165,7 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=10000)
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
+    compile_project()
     n = args.jobs
     work = Path(tempfile.mkdtemp(prefix="nightshift-profile-"))
     server = PrivateRedis(work / "redis").start()

@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.compare_huey import compile_project  # noqa: E402
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -201,6 +203,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    compile_project()
     tmp = Path(tempfile.mkdtemp(prefix="nightshift-queues-bench-"))
     run = Run(tmp)
     try:

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_huey import PrivateRedis, code_revision  # noqa: E402
+from benchmarks.compare_huey import PrivateRedis, code_revision, compile_project  # noqa: E402
 from benchmarks.growth import Ledger, settings_env, use  # noqa: E402
 
 
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200_000)
     parser.add_argument("--passes", type=int, default=3)
     args = parser.parse_args()
+    compile_project()
     work = Path(tempfile.mkdtemp(prefix="nightshift-recovery-log-"))
     redis_server = PrivateRedis(work / "redis").start()
     ledger_of_run = Ledger("sqlite", work, "recovery")
