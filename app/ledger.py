@@ -88,6 +88,11 @@ def _run(template: str, params: tuple | list):
     return db.execute_sql(sql, params)
 
 
+def sqlite_datetime(value: datetime.datetime) -> str:
+    """`value` as SQLite stores it: the text sqlite3's default adapter makes (and peewee reads back)."""
+    return value.isoformat(" ")
+
+
 @functools.lru_cache(maxsize=64)
 def _insert_template(columns: tuple[str, ...], rows: int) -> str:
     one = "(" + ", ".join(["{p}"] * len(columns)) + ")"
@@ -117,6 +122,9 @@ def insert_jobs(rows: list[dict], queue: str, common: dict | None = None) -> Non
         fields.update(common)
     if "task" in fields:
         fields["task"] = storable(fields["task"], TASK_LENGTH)
+    if is_sqlite():  # every row shares these: adapted here once, not by sqlite3 once per row and column
+        fields = {name: sqlite_datetime(value) if isinstance(value, datetime.datetime) else value
+                  for name, value in fields.items()}
     given = set().union(*rows)
     names = tuple(name for name in _DEFAULTS if name in given or fields[name] is not None)
     pick = operator.itemgetter(*names)
