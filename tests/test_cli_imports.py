@@ -1,9 +1,11 @@
 """Each command imports only its own module of app.cli (app.cli.root.COMMANDS), and every command is listed."""
 from __future__ import annotations
 
+import gc
 import importlib
 import subprocess
 import sys
+import tomllib
 
 from conftest import ROOT
 
@@ -42,7 +44,6 @@ def test_the_executable_skips_the_last_collection_of_what_it_imported():
     """`nightshift` (and `python -m app`) freeze the objects left at exit, so shutdown does not walk them all
     (~35 ms of a ~200 ms `nightshift submit`); the exit code and the atexit handlers are the command's as before,
     and `main` called in-process leaves the caller's collector alone."""
-    import tomllib
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"nightshift": "app.cli:run"}
     code = ("import atexit, gc, sys; from app.cli import run; "
@@ -54,7 +55,6 @@ def test_the_executable_skips_the_last_collection_of_what_it_imported():
         assert out.returncode == code_expected, out.stderr
         assert out.stdout.splitlines()[-1] == "frozen at exit: True", out.stdout
     from app.cli import main
-    import gc
     before = gc.get_freeze_count()
     main(["--help"], standalone_mode=False)
     assert gc.get_freeze_count() == before
