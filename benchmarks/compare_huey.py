@@ -62,6 +62,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def log(message: str) -> None:
+    """A benchmark's progress line on stderr, with the time (its figures go to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -408,9 +413,6 @@ def main() -> int:
         conn = redis.Redis.from_url(redis_url)
         os.environ["BENCH_REDIS_URL"] = redis_url
         os.environ["BENCH_BARE_QUEUE"] = f"{tag}bare"
-
-        def log(message: str) -> None:
-            print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
         bare, ns = {}, {}
         ns_ledgers = {phase: work / f"ledger-{phase}.db" for phase in ("submit", "drain")}

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_huey import PrivateRedis, code_revision, compile_project  # noqa: E402
+from benchmarks.compare_huey import PrivateRedis, code_revision, compile_project, log  # noqa: E402
 from benchmarks.peers import (PEER_DIR, VENVS, Consumer, Run, consumer_command, ensure_venv, percentile,  # noqa: E402
                               venv_python)
 
@@ -254,9 +254,6 @@ def main() -> int:
     parser.add_argument("--cli-runs", type=int, default=15, help="runs of each command from a shell (default 15)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON to FILE")
     args = parser.parse_args()
-
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
     work = Path(tempfile.mkdtemp(prefix="nightshift-floors-"))
     revision = code_revision()

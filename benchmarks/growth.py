@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_huey import PrivateRedis, code_revision, compile_project, wait_for  # noqa: E402
+from benchmarks.compare_huey import PrivateRedis, code_revision, compile_project, log, wait_for  # noqa: E402
 from benchmarks.peers import Consumer, cpu_ticks, signal_tree  # noqa: E402
 
 PG_ADMIN = os.environ.get("NIGHTSHIFT_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -107,10 +107,6 @@ waits.sort()
 print(json.dumps({"writes": len(waits), "max_ms": waits[-1], "p99_ms": waits[int(len(waits) * 0.99)],
                   "p50_ms": waits[len(waits) // 2]}), flush=True)
 """
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 class Ledger:

@@ -47,7 +47,7 @@ PEER_DIR = ROOT / "benchmarks" / "peers"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.compare_huey import PrivateRedis, code_revision, compile_project, wait_for  # noqa: E402
+from benchmarks.compare_huey import PrivateRedis, code_revision, compile_project, log, wait_for  # noqa: E402
 
 VENVS = ROOT / ".bench-venvs"
 # What each system's virtualenv holds. redis-py as pinned by Nightshift wherever the system accepts it; arq 0.28
@@ -269,9 +269,6 @@ class Run:
         import redis
         self.conn = redis.Redis.from_url(redis_url)
 
-    def log(self, message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
     def env(self, system: str, queue: str, workers: int) -> dict:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("NIGHTSHIFT_", "SENTRY_", "BENCH_", "PYTHON", "VIRTUAL_ENV"))}
@@ -331,14 +328,14 @@ class Run:
                 if workers == 1:
                     result["rss_idle_mb"] = rss_mb(consumer.proc.pid)
                 signal_tree(consumer.proc.pid, signal.SIGSTOP)
-                self.log(f"{LABEL[system]}: {submit_step[0]} {n:,} jobs (consumer x{workers} frozen)")
+                log(f"{LABEL[system]}: {submit_step[0]} {n:,} jobs (consumer x{workers} frozen)")
                 submitted = self.drive(system, env, *submit_step)
                 if submitted.get("unsupported"):
                     result["bulk"] = None
                     submitted = self.drive(system, env, "submit", str(n))
                 else:
                     result["submit" if workers == 1 else "bulk"] = submitted
-                self.log(f"{LABEL[system]}: drain with {workers} worker(s)")
+                log(f"{LABEL[system]}: drain with {workers} worker(s)")
                 ledger = self.work / f"ledger-{queue}.db" if system == "nightshift" else None
                 result[f"drain{workers}"] = self.drain(system, consumer, queue, n, ledger)
             finally:
@@ -366,7 +363,7 @@ class Run:
         consumer.wait_idle()
         count = self.args.latency_jobs
         path = Path(env["BENCH_LATENCY_FILE"])
-        self.log(f"{LABEL[system]}: latency, {count} jobs one every {self.args.latency_interval * 1000:g} ms")
+        log(f"{LABEL[system]}: latency, {count} jobs one every {self.args.latency_interval * 1000:g} ms")
         self.drive(system, env, "latency", str(count), str(self.args.latency_interval))
 
         deadline = time.monotonic() + self.args.drain_cap
@@ -535,8 +532,6 @@ def main() -> int:
     revision = code_revision()  # now: the tree may change while the run goes on
     server = None
     try:
-        def log(message: str) -> None:
-            print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
         versions = {}
         for system in systems + (["nightshift"] if args.cli_runs and "nightshift" not in systems else []):
             installed = ensure_venv(system, log)
