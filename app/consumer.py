@@ -55,7 +55,7 @@ class Keeper(threading.Thread):
 
     def run(self) -> None:
         settings = self.huey.settings
-        next_beat = next_sync = 0.0
+        next_beat, next_sync = 0.0, time.monotonic() + CLOCK_SYNC_SECONDS  # start_keeper has just synced
         outage = db.Outage("keeper", on_end=lambda: [recovery.hold_leases(h) for h in self.hueys])
         while not self.stop_event.is_set():
             now = list(identity.running.items())
