@@ -389,7 +389,7 @@ class NightshiftConsumer(Consumer):
     # Periodic tasks: one consumer per tick enqueues them, however many consumers run (app.schedule).
     scheduler_class = TickScheduler
     worker_class = NightshiftWorker
-    NOTICE_SECONDS = 0.1  # the loop's extra wait, cut short by a worker's notice (Huey's own wait is 0.1 s too)
+    NOTICE_SECONDS = 0.1  # the loop's wait, cut short by a worker's notice (it replaces Huey's own 0.1 s wait)
 
     def __init__(self, huey, max_memory_mb: int = 0, others: list | tuple = (), **options) -> None:
         options.setdefault("graceful_signal", "TERM")
@@ -397,6 +397,8 @@ class NightshiftConsumer(Consumer):
         # the queue waits); the check is a few is_alive() calls. A recycled one is replaced at its notice.
         options.setdefault("health_check_interval", 0.25)
         super().__init__(huey, **options)
+        # Huey private: Huey's loop would wait 0.1 s more on the stop flag, during which a notice waits too.
+        self._stop_flag_timeout = 0
         if others and self.environment.forks:
             raise ValueError("one consumer serves several queues with thread workers only "
                              "(NIGHTSHIFT_WORKER_TYPE=thread); start one process consumer per queue instead")

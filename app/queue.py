@@ -342,6 +342,7 @@ HUEY_PRIVATE = {
     "TaskLock._huey/_key/_ttl/_name": "queue.HolderLock: the lock's value names its holder",
     "Consumer._signal_actions": "consumer: SIGINT drains like SIGTERM",
     "Consumer._signum/_restart/_graceful": "consumer: a restart to release memory, and the goodbye beat",
+    "Consumer._stop_flag_timeout": "consumer: the loop waits on leaving notices instead of the stop flag",
     "Consumer._create_process": "consumer: the workers of a consumer's other queues run under its loop",
     "Scheduler._next_periodic": "consumer.TickScheduler: ticks aligned to the wall clock",
     "Huey._tasks_in_flight (a set of tasks)": "queue.AttemptTask: both attempts of one job in flight are handed "

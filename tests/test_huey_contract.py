@@ -19,7 +19,7 @@ from huey.storage import RedisPriorityQueue
 
 def test_every_private_name_is_listed_with_its_reason():
     from app.queue import HUEY_PRIVATE
-    assert len(HUEY_PRIVATE) == 13 and all(HUEY_PRIVATE.values())
+    assert len(HUEY_PRIVATE) == 14 and all(HUEY_PRIVATE.values())
 
 
 def test_the_registry_keeps_task_classes_by_name_in_a_dict(env):
@@ -128,6 +128,13 @@ def test_consumer_signal_actions_and_restart_fields(env):
     assert all(isinstance(v, tuple) and len(v) == 2 for v in consumer._signal_actions.values())
     assert consumer._signum is None and consumer._restart is False and isinstance(consumer._graceful, bool)
     assert "self._restart" in inspect.getsource(Consumer.run)
+
+
+def test_the_consumer_loop_waits_stop_flag_timeout_on_the_stop_flag(env):
+    """NightshiftConsumer sets it to 0 and waits on its leaving notices instead (a notice cuts that wait short)."""
+    from app.queue import get_huey
+    assert Consumer(get_huey(), workers=1)._stop_flag_timeout == 0.1
+    assert "self.stop_flag.wait(timeout=self._stop_flag_timeout)" in inspect.getsource(Consumer.loop)
 
 
 def test_scheduler_next_periodic_decides_when_periodic_tasks_are_enqueued(env):
