@@ -71,12 +71,21 @@ def finished_once(ids, worker=None) -> dict[str, float]:
     return {job.id: (job.started_at - job.created_at).total_seconds() for job in jobs}
 
 
-def assert_no_long_wait(waits: dict[str, float]) -> None:
+def assert_no_long_wait(waits: dict[str, float], log: str = "") -> None:
+    """Every wait under MAX_WAIT; else the consumer's log around the longest-waiting job says what held it up."""
     ordered = sorted(waits.values())
     p50, p99 = ordered[len(ordered) // 2], ordered[int(len(ordered) * 0.99)]
     print(f"waits: n={len(ordered)} p50={p50:.3f} p99={p99:.3f} max={ordered[-1]:.3f} top={ordered[-5:]}")
+    longest = max(waits, key=waits.get)
     assert ordered[-1] < MAX_WAIT, (f"a job waited {ordered[-1]:.2f} s while workers were recycled "
-                                    f"(p50 {p50:.3f} s, p99 {p99:.3f} s, longest: {ordered[-10:]})")
+                                    f"(p50 {p50:.3f} s, p99 {p99:.3f} s, longest: {ordered[-10:]}); "
+                                    f"the consumer's log around job {longest}:\n{log_around(log, longest)}")
+
+
+def log_around(log: str, job_id: str, before: int = 30, after: int = 10) -> str:
+    lines = log.splitlines()
+    first = next((n for n, line in enumerate(lines) if job_id in line), len(lines))
+    return "\n".join(lines[max(0, first - before):first + after])
 
 
 def workers_in_status(env) -> list[dict]:
@@ -87,7 +96,7 @@ def workers_in_status(env) -> list[dict]:
 def test_workers_recycled_after_their_job_count_never_keep_a_job_waiting(env, start_worker, tmp_path, worker_type):
     worker = start_worker(NIGHTSHIFT_WORKER_TYPE=worker_type, NIGHTSHIFT_WORKERS=1, NIGHTSHIFT_MAX_TASKS_PER_WORKER=3)
     ids = steady_stream(tmp_path)
-    assert_no_long_wait(finished_once(ids, worker))
+    assert_no_long_wait(finished_once(ids, worker), worker.log())
     log = worker.log()
     rows = workers_in_status(env)
     assert not [row for row in rows if row["status"] == "gone"], rows
@@ -142,7 +151,7 @@ def test_process_workers_over_the_memory_limit_never_keep_a_job_waiting(leak_env
     # A worker process starts at about 40 MB: one that ran a leak is over the limit.
     worker = start_worker(NIGHTSHIFT_WORKER_TYPE="process", NIGHTSHIFT_WORKERS=1, NIGHTSHIFT_MAX_MEMORY_MB=60)
     ids = steady_stream(tmp_path, leaks_at=LEAKS, megabytes=30)
-    assert_no_long_wait(finished_once(ids, worker))
+    assert_no_long_wait(finished_once(ids, worker), worker.log())
     assert worker.log().count("over NIGHTSHIFT_MAX_MEMORY_MB") == len(LEAKS)
     rows = workers_in_status(leak_env)
     assert len([row for row in rows if row["status"] == "recycled"]) == len(LEAKS), rows
@@ -159,7 +168,7 @@ def test_a_thread_consumer_over_the_memory_limit_hands_over_to_a_relief_and_rest
     worker = start_worker(NIGHTSHIFT_WORKER_TYPE="thread", NIGHTSHIFT_WORKERS=2, NIGHTSHIFT_MAX_MEMORY_MB=150)
     # The leak comes while a long job runs: the consumer cannot exec before that job ends.
     ids = steady_stream(tmp_path, leaks_at=(1.2,), megabytes=120, long_job_at=1.0)
-    assert_no_long_wait(finished_once(ids, worker))
+    assert_no_long_wait(finished_once(ids, worker), worker.log())
     wait_until(lambda: "took over: let its relief" in worker.log(), 30,
                message="the restarted consumer let its relief go")
     assert worker.alive() and worker.log().count("over NIGHTSHIFT_MAX_MEMORY_MB") >= 1
@@ -241,7 +250,7 @@ def test_a_consumer_that_is_pid_1_hands_over_and_reaps_its_relief(leak_env, tmp_
         wait_until(lambda: b"started" in log_path.read_bytes(), 20, message="the consumer started")
         [(consumer, _)] = children_of(outer.pid)  # PID 1 inside, `consumer` out here
         ids = steady_stream(tmp_path, leaks_at=(1.2,), megabytes=120, long_job_at=1.0)
-        assert_no_long_wait(finished_once(ids))
+        assert_no_long_wait(finished_once(ids), log_path.read_text(errors="replace"))
         wait_until(lambda: b"took over: let its relief" in log_path.read_bytes(), 30, message="relief let go")
         wait_until(lambda: children_of(consumer) == [], 20, message="the relief exited and was reaped")
         rows = workers_in_status(leak_env)
