@@ -263,6 +263,15 @@ def requeue(job_id: str, attempt: int, outcome: str, reason: str, lease_lost: bo
     return attempt + 1
 
 
+def wait_for_write_lock() -> None:
+    """Return once this process could take the ledger's write lock (SQLite's one writer; at once on PostgreSQL).
+
+    One statement that writes nothing, so the lock is taken and let go inside SQLite. An empty transaction would
+    hold it from BEGIN until its COMMIT got the GIL back: in a consumer where a task held the GIL meanwhile, every
+    consumer's writes and recoveries waited as long as that task held it."""
+    Job.update(attempt=Job.attempt).where(SQL("1 = 0")).execute()
+
+
 def renew_leases(attempts: Iterable[tuple[str, int]], worker: str, lease_seconds: float) -> int:
     """Extend the leases of the (job id, attempt) pairs `worker` is running."""
     pairs = list(attempts)

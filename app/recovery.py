@@ -117,8 +117,8 @@ def recover_expired_leases(huey: NightshiftHuey, report: Report, now: datetime.d
     if leases_held(huey):
         return
     began = time.monotonic()
-    with database.atomic():  # on SQLite this waits while another process holds the write lock
-        waited = time.monotonic() - began
+    ledger.wait_for_write_lock()  # on SQLite this waits while another process holds it
+    waited = time.monotonic() - began
     if waited > settings.lease_seconds / 3:  # longer than a keeper's renewal interval: leases went stale
         log.warning("recovery waited %.1f s for the ledger's write lock: leases are left alone for a lease "
                     "period", waited)

@@ -259,6 +259,49 @@ def test_a_task_holding_the_gil_past_the_default_lease_runs_once_with_its_own_le
     assert len(runs(tmp_path)) == 1
 
 
+# In a consumer: recovery's check for the ledger's write lock runs in one thread while a task holding the GIL
+# starts in another, the moment recovery's thread lets the GIL go inside SQLite.
+RECOVERY_BESIDE_A_GIL_HOLDER = """
+import ctypes, threading, time
+import config
+from app import ledger, recovery, schema
+from app.queue import get_huey
+huey = get_huey()
+schema.open_ledger(config.get().database_url)  # recovery's first statement is then its check for the write lock
+threading.Thread(target=recovery.recover_expired_leases, args=(huey, recovery.Report(), ledger.now())).start()
+time.sleep(0.3)  # recovery now waits for the write lock the test holds, in SQLite, without the GIL
+ctypes.PyDLL(None).sleep(3)  # takes the GIL and keeps it 3 s, as a task's long C call does
+"""
+
+
+@pytest.mark.skipif(USE_PG, reason="SQLite's single write lock")
+def test_recovery_beside_a_task_holding_the_gil_never_keeps_the_ledger_locked(env, tmp_path):
+    """Recovery's check for the write lock was an empty transaction: BEGIN IMMEDIATE took the lock in C, and the
+    COMMIT had to wait for the GIL. A task in another thread of the same consumer that took the GIL then kept
+    SQLite's write lock held for as long as it held the GIL: every consumer's writes and recoveries waited (CI saw
+    a GIL-holding job run to its end because the other consumer's recovery could not judge its lease)."""
+    import sqlite3
+    from app import ledger
+    ledger.get("none")  # the ledger's tables exist
+    path = env["NIGHTSHIFT_DATABASE_URL"].removeprefix("sqlite:///")
+    holder = sqlite3.connect(path, isolation_level=None, timeout=10)
+    holder.execute("BEGIN IMMEDIATE")
+    consumer = subprocess.Popen([os.sys.executable, "-c", RECOVERY_BESIDE_A_GIL_HOLDER], env=env.full(), cwd=env.tmp)
+    try:
+        time.sleep(0.6)  # the GIL is held from 0.3 s to 3.3 s; recovery waits for the lock meanwhile
+        holder.execute("COMMIT")  # recovery's thread gets the lock now, while the other thread holds the GIL
+        time.sleep(0.3)
+        began = time.monotonic()
+        writer = sqlite3.connect(path, isolation_level=None, timeout=10)
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("COMMIT")
+        waited = time.monotonic() - began
+        assert consumer.wait(10) == 0
+    finally:
+        consumer.kill()
+    assert waited < 1, f"another process waited {waited:.1f} s for the ledger's write lock"
+
+
 @pytest.mark.serial
 def test_a_lease_lost_while_the_worker_lived_says_so(env, start_worker, tmp_path, monkeypatch):
     """The job goes dead at its first lost lease: the other consumer's recovery must find it while the GIL is held,
