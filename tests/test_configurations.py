@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import time
 
@@ -270,25 +271,25 @@ huey = get_huey()
 schema.open_ledger(config.get().database_url)  # recovery's first statement is then its check for the write lock
 threading.Thread(target=recovery.recover_expired_leases, args=(huey, recovery.Report(), ledger.now())).start()
 time.sleep(0.3)  # recovery now waits for the write lock the test holds, in SQLite, without the GIL
+print("holding", flush=True)
 ctypes.PyDLL(None).sleep(3)  # takes the GIL and keeps it 3 s, as a task's long C call does
 """
 
 
 @pytest.mark.skipif(USE_PG, reason="SQLite's single write lock")
-def test_recovery_beside_a_task_holding_the_gil_never_keeps_the_ledger_locked(env, tmp_path):
+def test_recovery_beside_a_task_holding_the_gil_never_keeps_the_ledger_locked(env):
     """Recovery's check for the write lock was an empty transaction: BEGIN IMMEDIATE took the lock in C, and the
     COMMIT had to wait for the GIL. A task in another thread of the same consumer that took the GIL then kept
     SQLite's write lock held for as long as it held the GIL: every consumer's writes and recoveries waited (CI saw
     a GIL-holding job run to its end because the other consumer's recovery could not judge its lease)."""
-    import sqlite3
-    from app import ledger
-    ledger.get("none")  # the ledger's tables exist
     path = env["NIGHTSHIFT_DATABASE_URL"].removeprefix("sqlite:///")
     holder = sqlite3.connect(path, isolation_level=None, timeout=10)
     holder.execute("BEGIN IMMEDIATE")
-    consumer = subprocess.Popen([os.sys.executable, "-c", RECOVERY_BESIDE_A_GIL_HOLDER], env=env.full(), cwd=env.tmp)
+    consumer = subprocess.Popen([os.sys.executable, "-c", RECOVERY_BESIDE_A_GIL_HOLDER], env=env.full(), cwd=env.tmp,
+                                stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.6)  # the GIL is held from 0.3 s to 3.3 s; recovery waits for the lock meanwhile
+        assert consumer.stdout.readline() == "holding\n"  # however long the interpreter took to start
+        time.sleep(0.2)  # the GIL is held for 3 s from now; recovery waits for the lock meanwhile
         holder.execute("COMMIT")  # recovery's thread gets the lock now, while the other thread holds the GIL
         time.sleep(0.3)
         began = time.monotonic()
